@@ -1,0 +1,3 @@
+from keyrotor.cli import main
+
+main()

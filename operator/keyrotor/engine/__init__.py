@@ -1,0 +1,1 @@
+"""The pure rotation engine: no I/O, time injected."""

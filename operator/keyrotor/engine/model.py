@@ -1,0 +1,203 @@
+"""The engine's vocabulary: the parsed spec, the persisted state, probe results and effects.
+
+Everything here is plain data. ``RotationSpec.parse`` turns the resource's ``spec`` into typed
+values and rejects what admission could not (an unknown cron field, say) with an error that
+names the field. ``RotationState`` is exactly what is stored in ``.status``: the engine keeps no
+other memory, so any phase resumes after a crash from the status alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from keyrotor.engine.durations import parse_duration
+
+
+class Phase(StrEnum):
+    IDLE = "Idle"
+    GENERATING = "Generating"
+    ACTIVATING = "Activating"
+    STAGING = "Staging"
+    VERIFYING_ACCEPTANCE = "VerifyingAcceptance"
+    PROMOTING = "Promoting"
+    VERIFYING_RETIREMENT = "VerifyingRetirement"
+    REVOKING = "Revoking"
+    HOLDING = "Holding"
+    FAILED = "Failed"
+
+
+class Strategy(StrEnum):
+    TWO_KEYS = "TwoKeys"
+    ONE_KEY = "OneKey"
+
+
+class SpecError(ValueError):
+    """The spec passed admission but cannot work; ``field`` names where to look."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RotationSpec:
+    """The parts of a RotatingSecret's spec that the engine decides with (times in seconds)."""
+
+    strategy: Strategy = Strategy.TWO_KEYS
+    every: float | None = None
+    schedule: str | None = None
+    min_overlap: float = 600.0
+    max_overlap: float = 86400.0
+    suspend: bool = False
+    interval: float = 15.0
+    successes_required: int = 3
+    revocation_delay: float = 0.0
+    consumer_names: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> RotationSpec:
+        rotation = spec.get("rotation") or {}
+        verification = spec.get("verification") or {}
+        revocation = spec.get("revocation") or {}
+        schedule = rotation.get("schedule")
+        if schedule is not None:
+            from keyrotor.engine.schedule import validate_cron
+
+            validate_cron(schedule, field="spec.rotation.schedule")
+        every = rotation.get("every")
+        parsed = cls(
+            strategy=Strategy(spec.get("strategy", Strategy.TWO_KEYS)),
+            every=parse_duration(every, field="spec.rotation.every") if every else None,
+            schedule=schedule,
+            min_overlap=parse_duration(rotation.get("minOverlap", "10m"),
+                                       field="spec.rotation.minOverlap"),
+            max_overlap=parse_duration(rotation.get("maxOverlap", "24h"),
+                                       field="spec.rotation.maxOverlap"),
+            suspend=bool(rotation.get("suspend", False)),
+            interval=parse_duration(verification.get("interval", "15s"),
+                                    field="spec.verification.interval"),
+            successes_required=int(verification.get("successesRequired", 3)),
+            revocation_delay=parse_duration(revocation.get("delay", "0s"),
+                                            field="spec.revocation.delay"),
+            consumer_names=tuple(c["name"] for c in spec.get("consumers") or ()),
+        )
+        if parsed.every is not None and parsed.schedule is not None:
+            raise SpecError("spec.rotation", "set either every or schedule, not both")
+        if parsed.min_overlap > parsed.max_overlap:
+            raise SpecError("spec.rotation.minOverlap", "must not exceed maxOverlap")
+        if parsed.successes_required < 1:
+            raise SpecError("spec.verification.successesRequired", "must be at least 1")
+        return parsed
+
+
+@dataclass(frozen=True)
+class ConsumerResult:
+    name: str
+    ok: bool
+    message: str
+    version: int | None = None
+    consecutive_failures: int = 0
+    time: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProbeRound:
+    """One probe of every consumer with the version in ``slot`` ("next" or "current")."""
+
+    version: int
+    results: tuple[ConsumerResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failing(self) -> tuple[ConsumerResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+
+@dataclass(frozen=True)
+class RotationState:
+    """Everything the engine remembers; stored verbatim in ``.status``."""
+
+    phase: Phase = Phase.IDLE
+    current: int | None = None
+    previous: int | None = None
+    next: int | None = None
+    latest: int = 0
+    rotation_count: int = 0
+    current_version_time: datetime.datetime | None = None
+    last_rotation_time: datetime.datetime | None = None
+    rotation_start_time: datetime.datetime | None = None
+    phase_start_time: datetime.datetime | None = None
+    last_probe_time: datetime.datetime | None = None
+    verified_time: datetime.datetime | None = None
+    successful_rounds: int = 0
+    last_trigger: str | None = None
+    last_result: str | None = None
+    message: str = ""
+    consumers: tuple[ConsumerResult, ...] = field(default_factory=tuple)
+
+    def evolve(self, **changes: Any) -> RotationState:
+        return replace(self, **changes)
+
+    @property
+    def rotating(self) -> bool:
+        return self.phase not in (Phase.IDLE, Phase.FAILED)
+
+
+# ---- effects: what the adapters must make true before the new state is persisted ----------
+# Each is idempotent and keyed by version, so replaying one after a crash changes nothing.
+
+
+@dataclass(frozen=True)
+class Issue:
+    """Create the first version directly as ``current`` (nothing to overlap with yet)."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Generate ``version`` (once) and publish it as ``next``: accept it, do not present it."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class PromoteTo:
+    """``current`` = ``version`` (from ``next``, or freshly generated under OneKey),
+    ``previous`` = the old current, ``next`` emptied."""
+
+    version: int
+    generate: bool = False
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Empty ``previous`` if it still holds ``version``; destroy it in the backend."""
+
+    version: int
+
+
+Effect = Issue | Stage | PromoteTo | Revoke
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """The engine's answer: do ``effect`` (if any), then persist ``state`` and post ``events``."""
+
+    state: RotationState
+    effect: Effect | None = None
+    events: tuple[Event, ...] = ()
+    requeue_after: float = 0.0

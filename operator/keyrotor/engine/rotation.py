@@ -1,0 +1,269 @@
+"""The rotation engine: one pure function from (spec, state, time, observations) to the next step.
+
+This is where every decision of a rotation is made, and the only place: "rotate now?",
+"present the new version?", "revoke the old one?" and "hold?" are all answered here, with the
+policy chains of :mod:`keyrotor.engine.policies`. The engine does no I/O and reads no clock.
+
+A reconcile loop around it does three things, in this order, every time it wakes:
+
+1. if :func:`probe_due` names a version, probe the consumers with it;
+2. call :func:`step` with the probe round (if any) and the manual trigger;
+3. carry out ``step.effect`` (idempotent, keyed by version), then persist ``step.state`` to the
+   resource's status, then post ``step.events``; sleep ``step.requeue_after`` at most.
+
+Crash safety follows from that order. A version number is allocated and persisted (phase
+Generating) before any material exists, so a crash never hands out a number twice; each effect
+is replayed harmlessly when the process dies after doing it but before persisting the state that
+follows it.
+
+The phases (DESIGN.md):
+
+* TwoKeys: Idle -> Generating -> [Stage] VerifyingAcceptance -> Promoting -> [Promote]
+  VerifyingRetirement -> Revoking -> [Revoke] Idle.
+* OneKey: Idle -> Generating -> [Promote, generating the version] VerifyingRetirement ->
+  Revoking -> [Revoke] Idle.
+* The very first version: Idle -> Generating -> [Issue] Idle.
+* Holding: a verifying phase whose consumers still fail past ``maxOverlap``. Probing goes on;
+  nothing is revoked; it leaves Holding when the consumers recover.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from keyrotor.engine import policies
+from keyrotor.engine.durations import format_duration
+from keyrotor.engine.model import (
+    ConsumerResult,
+    Event,
+    Issue,
+    Phase,
+    ProbeRound,
+    PromoteTo,
+    Revoke,
+    RotationSpec,
+    RotationState,
+    Stage,
+    Step,
+    Strategy,
+)
+from keyrotor.engine.schedule import next_rotation_time
+
+IDLE_RESYNC = 3600.0  # wake at least hourly when idle, to notice clock or schedule drift
+VERIFYING = (Phase.VERIFYING_ACCEPTANCE, Phase.VERIFYING_RETIREMENT, Phase.HOLDING)
+
+
+def probe_due(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> int | None:
+    """The version the consumers should be probed with now, or None."""
+    if state.phase not in VERIFYING or not spec.consumer_names:
+        return None
+    last = state.last_probe_time
+    if last is not None and (now - last).total_seconds() < spec.interval:
+        return None
+    return state.next if state.next is not None else state.current
+
+
+def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
+         trigger: str | None = None, probe: ProbeRound | None = None) -> Step:
+    """Decide what happens next. See the module docstring for how to carry it out."""
+    if state.phase == Phase.IDLE or state.phase == Phase.FAILED:
+        return _idle(spec, state, now, trigger)
+    if state.phase in (Phase.GENERATING, Phase.STAGING, Phase.ACTIVATING):
+        return _generate(spec, state, now)
+    if state.phase == Phase.PROMOTING:
+        return (_reconsider(spec, state, now, Phase.VERIFYING_ACCEPTANCE)
+                or _promote(state, now))
+    if state.phase == Phase.REVOKING:
+        return (_reconsider(spec, state, now, Phase.VERIFYING_RETIREMENT)
+                or _revoke(spec, state, now))
+    return _verify(spec, state, now, probe)
+
+
+def _idle(spec: RotationSpec, state: RotationState, now: datetime.datetime,
+          trigger: str | None) -> Step:
+    verdict = policies.decide(policies.SHOULD_ROTATE,
+                              policies.Facts(spec=spec, state=state, now=now, trigger=trigger))
+    if not verdict.go:
+        due = next_rotation_time(every=spec.every, schedule=spec.schedule,
+                                 since=state.current_version_time)
+        wait = IDLE_RESYNC if due is None or spec.suspend else (due - now).total_seconds()
+        return Step(state.evolve(phase=Phase.IDLE, message=verdict.message),
+                    requeue_after=max(0.0, min(wait, IDLE_RESYNC)))
+    version = state.latest + 1
+    started = state.evolve(
+        phase=Phase.GENERATING, next=version, latest=version, rotation_start_time=now,
+        phase_start_time=now, successful_rounds=0, last_probe_time=None, verified_time=None,
+        last_trigger=trigger if verdict.reason == "ManualTrigger" else state.last_trigger,
+        message=f"generating version {version}: {verdict.message}",
+    )
+    what = "issuing the first version" if state.current is None else "rotation started"
+    return Step(started, events=(Event("Normal", "RotationStarted",
+                                       f"{what} ({verdict.reason}): version {version}"),))
+
+
+def _generate(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:
+    version = state.next
+    assert version is not None, "Generating always has an allocated version"
+    if state.current is None:
+        issued = state.evolve(
+            phase=Phase.IDLE, current=version, next=None, current_version_time=now,
+            phase_start_time=now, rotation_start_time=None, last_result="Succeeded",
+            message=f"version {version} issued",
+        )
+        return Step(issued, effect=Issue(version),
+                    events=(Event("Normal", "Issued", f"version {version} issued as current"),))
+    if spec.strategy == Strategy.ONE_KEY:
+        promoted = _promoted(state, version, now)
+        return Step(promoted, effect=PromoteTo(version, generate=True), events=(Event(
+            "Normal", "Promoted", f"version {version} is current; version {state.current} "
+            "stays as previous for the fallback"),))
+    staged = state.evolve(
+        phase=Phase.VERIFYING_ACCEPTANCE, phase_start_time=now, successful_rounds=0,
+        last_probe_time=None, verified_time=None, consumers=(),
+        message=f"version {version} staged as next; verifying that every acceptor accepts it",
+    )
+    return Step(staged, effect=Stage(version), events=(Event(
+        "Normal", "Staged", f"version {version} staged as next; verifying acceptance"),))
+
+
+def _promoted(state: RotationState, version: int, now: datetime.datetime) -> RotationState:
+    return state.evolve(
+        phase=Phase.VERIFYING_RETIREMENT, current=version, previous=state.current, next=None,
+        current_version_time=now, phase_start_time=now, successful_rounds=0,
+        last_probe_time=None, verified_time=None, consumers=(),
+        message=f"version {version} is current; verifying that version {state.current} "
+                "is retired",
+    )
+
+
+def _promote(state: RotationState, now: datetime.datetime) -> Step:
+    version = state.next
+    assert version is not None, "Promoting always has a staged version"
+    return Step(_promoted(state, version, now), effect=PromoteTo(version), events=(Event(
+        "Normal", "Promoted", f"version {version} is current; version {state.current} "
+        "is kept as previous during the overlap"),))
+
+
+def _revoke(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:
+    old = state.previous
+    took = ""
+    if state.rotation_start_time is not None:
+        took = f" in {format_duration((now - state.rotation_start_time).total_seconds())}"
+    done = state.evolve(
+        phase=Phase.IDLE, previous=None, rotation_count=state.rotation_count + 1,
+        last_rotation_time=now, rotation_start_time=None, phase_start_time=now,
+        successful_rounds=0, verified_time=None, last_result="Succeeded",
+        message=f"version {state.current} is current; version {old} revoked",
+    )
+    events = (Event("Normal", "Revoked", f"version {old} revoked; rotation to version "
+                    f"{state.current} completed{took}"),)
+    return Step(done, effect=Revoke(old) if old is not None else None, events=events)
+
+
+def _record(spec: RotationSpec, state: RotationState, probe: ProbeRound,
+            now: datetime.datetime) -> RotationState:
+    before = {c.name: c for c in state.consumers}
+    results = tuple(
+        ConsumerResult(
+            name=r.name, ok=r.ok, message=r.message, version=probe.version, time=now,
+            consecutive_failures=0 if r.ok else
+            (before[r.name].consecutive_failures if r.name in before else 0) + 1,
+        )
+        for r in probe.results
+    )
+    rounds = state.successful_rounds + 1 if probe.ok else 0
+    verified = state.verified_time
+    if not probe.ok:
+        verified = None
+    elif rounds >= spec.successes_required and verified is None:
+        verified = now
+    return state.evolve(consumers=results, successful_rounds=rounds, last_probe_time=now,
+                        verified_time=verified)
+
+
+def _against_spec(spec: RotationSpec, state: RotationState,
+                  now: datetime.datetime) -> RotationState:
+    """Probe results count only for the consumers the spec lists now: results of consumers
+    that left are dropped, and a consumer that joined voids the rounds counted without it."""
+    kept = tuple(c for c in state.consumers if c.name in spec.consumer_names)
+    state = state.evolve(consumers=kept)
+    if not spec.consumer_names:
+        return state if state.verified_time else state.evolve(verified_time=now)
+    if {c.name for c in kept} != set(spec.consumer_names):
+        return state.evolve(successful_rounds=0, verified_time=None)
+    return state
+
+
+def _may_proceed(spec: RotationSpec, state: RotationState,
+                 now: datetime.datetime) -> policies.Verdict:
+    chain = policies.MAY_PROMOTE if state.next is not None else policies.MAY_REVOKE
+    return policies.decide(chain, policies.Facts(spec=spec, state=state, now=now))
+
+
+def _reconsider(spec: RotationSpec, state: RotationState, now: datetime.datetime,
+                back_to: Phase) -> Step | None:
+    """Promoting and Revoking re-ask their question: the spec may have changed since (more
+    consumers, a longer minOverlap). A "no" returns the rotation to verification."""
+    checked = _against_spec(spec, state, now)
+    verdict = _may_proceed(spec, checked, now)
+    if verdict.go:
+        return None
+    waiting = checked.evolve(phase=back_to, message=verdict.message)
+    return Step(waiting, requeue_after=_next_wake(spec, waiting, now))
+
+
+def _failing_summary(state: RotationState) -> tuple[tuple[str, str], ...]:
+    return tuple((c.name, c.message) for c in state.consumers if not c.ok)
+
+
+def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
+            probe: ProbeRound | None) -> Step:
+    acceptance = state.next is not None
+    recorded = _record(spec, state, probe, now) if probe is not None else state
+    recorded = _against_spec(spec, recorded, now)
+    verdict = _may_proceed(spec, recorded, now)
+    events: list[Event] = []
+    was_failing, failing = _failing_summary(state), _failing_summary(recorded)
+    if failing and failing != was_failing:
+        events.append(Event("Warning", "ConsumerFailing", verdict.message))
+    elif was_failing and not failing:
+        events.append(Event("Normal", "ConsumersRecovered", "every consumer passes again"))
+
+    if verdict.go:
+        if state.phase == Phase.HOLDING:
+            events.append(Event("Normal", "HoldReleased", verdict.message))
+        nxt = Phase.PROMOTING if acceptance else Phase.REVOKING
+        return Step(recorded.evolve(phase=nxt, message=verdict.message), events=tuple(events))
+
+    phase = Phase.VERIFYING_ACCEPTANCE if acceptance else Phase.VERIFYING_RETIREMENT
+    if failing and policies.past_max_overlap(spec, state, now):
+        if state.phase != Phase.HOLDING:
+            events.append(Event("Warning", "Holding", (
+                f"consumers still failing after maxOverlap {format_duration(spec.max_overlap)}; "
+                f"holding: version {state.previous if not acceptance else state.current} is "
+                f"not revoked. {verdict.message}")))
+        phase = Phase.HOLDING
+    elif state.phase == Phase.HOLDING and not failing:
+        phase = Phase.HOLDING  # stays until verification completes
+    message = verdict.message if phase != Phase.HOLDING else f"holding: {verdict.message}"
+    waiting = recorded.evolve(phase=phase, message=message)
+    return Step(waiting, events=tuple(events), requeue_after=_next_wake(spec, waiting, now))
+
+
+def _next_wake(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> float:
+    """Seconds until something can change: the next probe, or the end of a floor or delay."""
+    candidates: list[datetime.datetime] = []
+    if spec.consumer_names:
+        last = state.last_probe_time or now
+        candidates.append(last + datetime.timedelta(seconds=spec.interval))
+    floors = [
+        (state.phase_start_time if state.next is not None else state.current_version_time,
+         spec.min_overlap),
+        (state.verified_time, spec.revocation_delay),
+        (state.phase_start_time, spec.max_overlap),
+    ]
+    for since, seconds in floors:
+        if since is not None:
+            candidates.append(since + datetime.timedelta(seconds=seconds))
+    future = [(c - now).total_seconds() for c in candidates if c > now]
+    return min(future, default=spec.interval)

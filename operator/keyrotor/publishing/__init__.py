@@ -1,0 +1,1 @@
+"""Publishing versions where consumers read them: the Kubernetes Secret and its slots."""

@@ -1,0 +1,45 @@
+# Sourced by scripts/test and scripts/demo: installs what they need, idempotently and cached.
+#
+# - Python dependencies go into a virtualenv under $KEYROTOR_CACHE keyed by pyproject.toml's hash,
+#   so every checkout on the machine shares it; this checkout's package is used via PYTHONPATH.
+# - The control-plane binaries (kube-apiserver, etcd, kubectl) are built from Go modules once per
+#   change of tests/envtest/go.mod and put on PATH.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export KEYROTOR_CACHE="${KEYROTOR_CACHE:-$HOME/.cache/keyrotor}"
+mkdir -p "$KEYROTOR_CACHE"
+
+log() { printf '\033[1m[keyrotor]\033[0m %s\n' "$*" >&2; }
+
+python_bin="$(command -v python3.11 || command -v python3)"
+"$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { log "Python 3.11+ is required (found $("$python_bin" --version))"; exit 1; }
+
+deps_hash="$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)"
+VENV="$KEYROTOR_CACHE/venv-$deps_hash"
+if [ ! -f "$VENV/.complete" ]; then
+  log "creating Python environment in $VENV (cached after the first run) ..."
+  rm -rf "$VENV"
+  "$python_bin" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  # Install the dependencies declared in pyproject.toml (base and dev), not the package itself.
+  "$VENV/bin/python" - "$REPO/pyproject.toml" > "$VENV/requirements.txt" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["dev"]))
+PY
+  "$VENV/bin/pip" install --quiet -r "$VENV/requirements.txt"
+  touch "$VENV/.complete"
+fi
+PY="$VENV/bin/python"
+export PYTHONPATH="$REPO/operator:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="$VENV/bin:$PATH"
+
+if ! command -v go >/dev/null; then
+  log "Go is required to build the local control plane (apt-get install golang-go, or go.dev)"
+  exit 1
+fi
+ENVTEST_BIN="$("$PY" -m keyrotor.testing.toolchain)"
+export KEYROTOR_ENVTEST_BIN="$ENVTEST_BIN"
+export PATH="$ENVTEST_BIN:$PATH"

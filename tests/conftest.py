@@ -1,0 +1,44 @@
+"""Fixtures shared by every tier: one real control plane per run, a fresh namespace per test.
+
+Nothing here skips: a server that cannot be built or started fails the run, on CI and locally.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from keyrotor.testing.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    with ControlPlane() as plane:
+        yield plane
+
+
+def api_client(plane: ControlPlane, user: str = "admin") -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(
+        config_file=str(plane.kubeconfig), context=user, client_configuration=configuration
+    )
+    return client.ApiClient(configuration)
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    with api_client(control_plane) as api:
+        yield api
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(kube)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    # No namespace controller runs: the namespace stays Terminating, which is harmless here.
+    core.delete_namespace(name)
