@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from keyrotor import __version__
+
+if TYPE_CHECKING:
+    from keyrotor.kube import KubeApi
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -38,6 +42,44 @@ def _cmd_dev_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from keyrotor.runner import run
+
+    run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
+        liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
+        kubeconfig=args.kubeconfig)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> KubeApi:
+    from keyrotor.kube import KubeApi, load_client
+
+    return KubeApi(load_client(args.kubeconfig, args.context))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from keyrotor.report import status_table
+
+    items = _api(args).list_rotating_secrets(None if args.all_namespaces else args.namespace)
+    print(status_table(items), end="")
+    return 0
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    import datetime
+
+    from keyrotor.reconciler import TRIGGER_ANNOTATION
+
+    api = _api(args)
+    if api.get_rotating_secret(args.namespace, args.name) is None:
+        print(f"RotatingSecret {args.namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    value = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    api.annotate_rotating_secret(args.namespace, args.name, TRIGGER_ANNOTATION, value)
+    print(f"rotation of {args.namespace}/{args.name} requested ({TRIGGER_ANNOTATION}={value})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keyrotor",
@@ -47,6 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_cmd_version)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
+        p.add_argument("--context", help="kubeconfig context")
+
+    p = sub.add_parser("run", help="run the operator")
+    p.add_argument("-n", "--namespace", action="append",
+                   help="watch this namespace (repeatable; default: all namespaces)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
+    p.add_argument("--liveness-port", type=int, default=8081, help="/healthz port")
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="a table of every RotatingSecret and its rotation")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    client_flags(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("rotate", help="rotate a RotatingSecret now")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    client_flags(p)
+    p.set_defaults(func=_cmd_rotate)
 
     dev = sub.add_parser("dev", help="developer helpers (local control plane)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="WHAT")

@@ -1,0 +1,158 @@
+"""The Kubernetes API as keyrotor uses it: a few calls on plain dicts, nothing more.
+
+The official client is synchronous; callers on the event loop run these in worker threads.
+Responses are read as raw JSON (``_preload_content=False``) so the rest of keyrotor handles
+plain dicts, exactly what ``kubectl get -o json`` shows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "keyrotor.io", "v1alpha1", "rotatingsecrets"
+COMPONENT = "keyrotor"
+
+
+class Conflict(RuntimeError):
+    """The object changed since it was read (HTTP 409): re-read and try again."""
+
+
+def load_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+class KubeApi:
+    """The calls keyrotor makes, on dicts. Raises :class:`Conflict` on HTTP 409."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        # Typed as Any: keyrotor passes plain dicts where the generated stubs expect models.
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+
+    # ---- RotatingSecrets -------------------------------------------------------------------
+
+    def get_rotating_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_rotating_secrets(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace:
+            raw = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            _preload_content=False)
+        else:
+            raw = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL,
+                                                         _preload_content=False)
+        items: list[dict[str, Any]] = _json(raw)["items"]
+        return items
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                     resource_version: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            # A resourceVersion in a merge patch is a precondition: stale writers get 409.
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return _json(self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(str(exc.reason)) from None
+            raise
+
+    def annotate_rotating_secret(self, namespace: str, name: str, key: str, value: str) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {key: value}}})
+
+    # ---- Secrets -----------------------------------------------------------------------------
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.core.read_namespaced_secret(name, namespace,
+                                                          _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def write_secret(self, body: dict[str, Any], *, create: bool) -> None:
+        meta = body["metadata"]
+        try:
+            if create:
+                self.core.create_namespaced_secret(meta["namespace"], body)
+            else:
+                self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(str(exc.reason)) from None
+            raise
+
+    def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> None:
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            self.core.delete_namespaced_secret(name, namespace, body=options)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def patch_secret(self, namespace: str, name: str,
+                     patch: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """A strategic merge patch (a dict) or a JSON patch (a list of operations)."""
+        self.core.patch_namespaced_secret(name, namespace, patch)
+
+    # ---- Events ------------------------------------------------------------------------------
+
+    def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                         "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                               "kind": obj.get("kind", "RotatingSecret"),
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta["namespace"], event)
+
+    def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        raw = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}", _preload_content=False)
+        items: list[dict[str, Any]] = _json(raw)["items"]
+        return items

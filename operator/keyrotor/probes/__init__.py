@@ -1,0 +1,1 @@
+"""Consumer probes: how keyrotor asks a consumer whether a version works."""

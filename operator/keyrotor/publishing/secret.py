@@ -1,0 +1,139 @@
+"""The Kubernetes Secret that consumers read: encoding the slots into it, and writing it safely.
+
+Layout of the Secret keyrotor owns::
+
+    data:
+      current, current.pub, current.jwk, ...     the version to present (suffixes per generator)
+      next, next.*                               staged: accept it, do not present it yet
+      previous, previous.*                       still accepted during the overlap
+      jwks.json                                  public JWKs of every filled slot (key pairs)
+      fingerprint.key                            HMAC key behind the fingerprints below
+    metadata.annotations:
+      keyrotor.io/{current,next,previous}-version       version numbers
+      keyrotor.io/{current,next,previous}-fingerprint   HMAC-SHA256(fingerprint.key, value)
+
+Fingerprints are keyed on purpose: a plain hash of a low-entropy value (a short password) would
+let anyone who reads annotations brute-force it. A consumer that reads the Secret can recompute
+them to tell which version it holds.
+
+Writes use the Secret's resourceVersion (optimistic concurrency): a conflict re-reads and
+re-applies the effect, which is idempotent. keyrotor never writes a Secret whose controller
+owner is not this RotatingSecret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from keyrotor.engine.model import Effect
+from keyrotor.generators import Material
+from keyrotor.generators.local import jwks
+from keyrotor.publishing.slots import Slots, Versioned, apply
+
+SLOTS = ("current", "next", "previous")
+FINGERPRINT_KEY = "fingerprint.key"
+JWKS_KEY = "jwks.json"
+ANNOTATION_PREFIX = "keyrotor.io/"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "keyrotor"}
+
+
+class SecretConflict(RuntimeError):
+    """The Secret exists and belongs to someone else; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The RotatingSecret that owns the Secret."""
+
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = "keyrotor.io/v1alpha1"
+    kind: str = "RotatingSecret"
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name,
+                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def fingerprint(key: bytes, value: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(key, value, hashlib.sha256).hexdigest()[:16]
+
+
+def decode(secret: dict[str, Any] | None) -> tuple[Slots[Material], bytes | None]:
+    """The slots held by a Secret (as returned by the API), and its fingerprint key."""
+    if not secret:
+        return Slots(), None
+    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    found: dict[str, Versioned[Material]] = {}
+    for slot in SLOTS:
+        version = annotations.get(f"{ANNOTATION_PREFIX}{slot}-version")
+        material = {key[len(slot):]: value for key, value in data.items()
+                    if key == slot or key.startswith(f"{slot}.")}
+        if version is not None and material:
+            found[slot] = Versioned(int(version), material)
+    slots = Slots(current=found.get("current"), next=found.get("next"),
+                  previous=found.get("previous"))
+    return slots, data.get(FINGERPRINT_KEY)
+
+
+def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: bytes,
+           base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full Secret body for ``slots`` (keeps ``base``'s resourceVersion and foreign labels)."""
+    meta = dict((base or {}).get("metadata") or {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not k.startswith(ANNOTATION_PREFIX)}
+    data: dict[str, bytes] = {FINGERPRINT_KEY: fingerprint_key}
+    public_jwks: list[bytes] = []
+    for slot, held in slots.filled().items():
+        annotations[f"{ANNOTATION_PREFIX}{slot}-version"] = str(held.version)
+        main = held.material.get("") or next(iter(held.material.values()))
+        annotations[f"{ANNOTATION_PREFIX}{slot}-fingerprint"] = fingerprint(fingerprint_key,
+                                                                             main)
+        for suffix, value in held.material.items():
+            data[f"{slot}{suffix}"] = value
+        if ".pub.jwk" in held.material:
+            public_jwks.append(held.material[".pub.jwk"])
+    if public_jwks:
+        data[JWKS_KEY] = jwks(public_jwks)
+    labels = {**(meta.get("labels") or {}), **MANAGED_BY,
+              f"{ANNOTATION_PREFIX}rotatingsecret": owner.name}
+    metadata = {"name": name, "namespace": owner.namespace, "labels": labels,
+                "annotations": annotations, "ownerReferences": [owner.reference()]}
+    if meta.get("resourceVersion"):
+        metadata["resourceVersion"] = meta["resourceVersion"]
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
+            "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}}
+
+
+def check_owner(secret: dict[str, Any] | None, owner: Owner, name: str) -> None:
+    if secret is None:
+        return
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
+    if any(r.get("uid") == owner.uid and r.get("controller") for r in refs):
+        return
+    holder = next((f"{r.get('kind')} {r.get('name')}" for r in refs if r.get("controller")),
+                  "nobody (no controller owner)")
+    raise SecretConflict(
+        f"Secret {owner.namespace}/{name} already exists and is owned by {holder}; keyrotor "
+        f"never overwrites a Secret it does not own. Delete that Secret or set "
+        f"spec.secretName of RotatingSecret {owner.name} to another name")
+
+
+def render(effect: Effect, current: dict[str, Any] | None, *, name: str, owner: Owner,
+           generate: Callable[[int], Material]) -> dict[str, Any] | None:
+    """The Secret body after ``effect``, or None when the Secret already reflects it."""
+    check_owner(current, owner, name)
+    slots, key = decode(current)
+    after = apply(effect, slots, generate)
+    if after == slots and current is not None:
+        return None
+    return encode(after, name=name, owner=owner, base=current,
+                  fingerprint_key=key or secrets.token_bytes(32))

@@ -1,0 +1,218 @@
+"""One reconcile of one RotatingSecret: read, probe, decide, act, persist, report.
+
+The decisions are the engine's (:mod:`keyrotor.engine.rotation`); this module only carries
+them out, in the order that makes crashes safe:
+
+1. read the RotatingSecret and its Secret fresh from the API;
+2. probe the consumers if the engine says a probe is due;
+3. ask the engine for the next step;
+4. carry out its effect on the Secret (idempotent, keyed by version);
+5. persist the new state to ``.status`` with the resourceVersion as a precondition;
+6. post the step's events and update the metrics, only after the state is persisted.
+
+A crash between 4 and 5 replays the effect harmlessly. What only the operator can judge (a
+Secret owned by someone else, a cron expression cronsim rejects) becomes the Degraded condition
+and one Warning event, and the current key keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from keyrotor import metrics
+from keyrotor import status as status_io
+from keyrotor.engine.model import (
+    ConsumerResult,
+    Effect,
+    Event,
+    ProbeRound,
+    Revoke,
+    RotationSpec,
+    RotationState,
+    SpecError,
+)
+from keyrotor.engine.rotation import probe_due, step
+from keyrotor.engine.schedule import next_rotation_time
+from keyrotor.generators import Generator, Material, from_spec
+from keyrotor.kube import Conflict
+from keyrotor.probes.http import HttpProbe, probe_all
+from keyrotor.publishing.secret import Owner, SecretConflict, decode, render
+from keyrotor.publishing.slots import SlotError
+
+log = logging.getLogger("keyrotor.reconciler")
+TRIGGER_ANNOTATION = "keyrotor.io/rotate"
+ERROR_RETRY = 30.0
+
+
+class Api(Protocol):
+    """The Kubernetes calls a reconcile needs (see :class:`keyrotor.kube.KubeApi`)."""
+
+    def get_rotating_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                     resource_version: str | None) -> dict[str, Any]: ...
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def write_secret(self, body: dict[str, Any], *, create: bool) -> None: ...
+    def post_event(self, obj: dict[str, Any], *, type: str, reason: str,
+                   message: str) -> None: ...
+
+
+Prober = Callable[[list[HttpProbe], dict[str, str]], Any]
+
+
+def slot_text(material: Material) -> str:
+    """The text a probe template sees for a slot: the main value, base64 if it is binary."""
+    main = material.get("") or next(iter(material.values()))
+    try:
+        return main.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(main).decode()
+
+
+@dataclass
+class Reconciler:
+    api: Api
+    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    prober: Prober = probe_all
+
+    async def reconcile(self, namespace: str, name: str) -> float:
+        """Reconcile once; return the seconds after which the next reconcile is due."""
+        body = await asyncio.to_thread(self.api.get_rotating_secret, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return ERROR_RETRY
+        try:
+            return await self._reconcile(body)
+        except Conflict:
+            return 0.2  # someone wrote in between: read again and redo, soon
+        except (SecretConflict, SpecError, SlotError) as exc:
+            reason = {SecretConflict: "SecretConflict", SpecError: "InvalidSpec",
+                      SlotError: "SecretDrift"}[type(exc)]
+            await self._report_error(body, reason, str(exc))
+            return ERROR_RETRY
+
+    async def _reconcile(self, body: dict[str, Any]) -> float:
+        meta, spec = body["metadata"], body.get("spec") or {}
+        namespace, name = meta["namespace"], meta["name"]
+        rspec = RotationSpec.parse(spec)
+        generator = from_spec(spec.get("generator") or {})
+        probes = [HttpProbe.from_spec(c) for c in spec.get("consumers") or () if c.get("http")]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        state = status_io.from_status(body.get("status"))
+        trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
+        now = self.clock()
+
+        probe = None
+        version = probe_due(rspec, state, now)
+        if version is not None:
+            probe = await self._probe(spec["secretName"], owner, probes, version, state)
+            now = self.clock()
+        result = step(rspec, state, now=now, trigger=trigger, probe=probe)
+
+        if result.effect is not None:
+            await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,
+                                    generator)
+        await self._persist(body, result.state, now=now, error=None)
+        await self._report(body, result.state, result.events, result.effect, rspec, probe)
+        return result.requeue_after
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    async def _probe(self, secret_name: str, owner: Owner, probes: list[HttpProbe],
+                     version: int, state: RotationState) -> ProbeRound:
+        secret = await asyncio.to_thread(self.api.get_secret, owner.namespace, secret_name)
+        slots, _ = decode(secret)
+        values = {slot: slot_text(held.material) for slot, held in slots.filled().items()}
+        candidate = next((held for held in slots.filled().values() if held.version == version),
+                         None)
+        if candidate is None:
+            # The Secret lost the version under test (edited by hand?): that round fails.
+            return ProbeRound(version=version, results=tuple(
+                ConsumerResult(p.name, False, f"version {version} is not in the Secret")
+                for p in probes))
+        values["candidate"] = slot_text(candidate.material)
+        results = await self.prober(probes, values)
+        for r in results:
+            outcome = "success" if r.ok else "failure"
+            metrics.PROBES.labels(owner.namespace, owner.name, r.name, outcome).inc()
+            if not r.ok:
+                metrics.PROBE_FAILURES.labels(owner.namespace, owner.name, r.name).inc()
+        return ProbeRound(version=version, results=tuple(results))
+
+    def _publish(self, effect: Effect, secret_name: str, owner: Owner,
+                 generator: Generator) -> None:
+        for _ in range(5):
+            current = self.api.get_secret(owner.namespace, secret_name)
+            rendered = render(effect, current, name=secret_name, owner=owner,
+                              generate=generator.generate)
+            if rendered is None:
+                return
+            try:
+                self.api.write_secret(rendered, create=current is None)
+                return
+            except Conflict:
+                continue  # re-read; the effect is idempotent
+        raise Conflict(f"Secret {owner.namespace}/{secret_name} kept changing")
+
+    async def _persist(self, body: dict[str, Any], state: RotationState, *,
+                       now: datetime.datetime, error: tuple[str, str] | None) -> None:
+        meta = body["metadata"]
+        old = body.get("status") or {}
+        status = status_io.to_status(state)
+        due = None
+        if not state.rotating:
+            rspec = RotationSpec.parse(body.get("spec") or {}) if error is None else None
+            if rspec is not None and not rspec.suspend:
+                due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
+                                         since=state.current_version_time)
+        status["nextRotationTime"] = status_io.ts(due)
+        status["observedGeneration"] = meta.get("generation")
+        status["conditions"] = status_io.conditions(
+            state, now=now, generation=meta.get("generation"), error=error,
+            existing=old.get("conditions"))
+        await asyncio.to_thread(self.api.patch_status, meta["namespace"], meta["name"], status,
+                                resource_version=meta.get("resourceVersion"))
+
+    async def _report(self, body: dict[str, Any], state: RotationState,
+                      events: tuple[Event, ...], effect: Effect | None, rspec: RotationSpec,
+                      probe: ProbeRound | None) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        for event in events:
+            log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+            await asyncio.to_thread(self.api.post_event, body, type=event.type,
+                                    reason=event.reason, message=event.message)
+        if isinstance(effect, Revoke):
+            metrics.REVOCATIONS.labels(namespace, name).inc()
+            metrics.ROTATIONS.labels(namespace, name, "succeeded").inc()
+            started = status_io.parse_ts((body.get("status") or {}).get("rotationStartTime"))
+            if started is not None and state.last_rotation_time is not None:
+                metrics.ROTATION_DURATION.labels(namespace, name).observe(
+                    (state.last_rotation_time - started).total_seconds())
+        due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
+                                 since=state.current_version_time)
+        metrics.observe_state(namespace, name, state,
+                              next_rotation=due.timestamp() if due else None,
+                              degraded=state.phase == "Holding")
+
+    async def _report_error(self, body: dict[str, Any], reason: str, message: str) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        metrics.RECONCILE_ERRORS.labels(namespace, name, reason).inc()
+        metrics.DEGRADED.labels(namespace, name).set(1)
+        old = body.get("status") or {}
+        degraded: dict[str, Any] = next(
+            (c for c in old.get("conditions") or () if c.get("type") == "Degraded"), {})
+        state = status_io.from_status(old)
+        try:
+            await self._persist(body, state, now=self.clock(), error=(reason, message))
+        except Conflict:
+            return
+        if degraded.get("reason") != reason or degraded.get("message") != message:
+            log.warning("%s/%s: %s: %s", namespace, name, reason, message)
+            await asyncio.to_thread(self.api.post_event, body, type="Warning", reason=reason,
+                                    message=message)
