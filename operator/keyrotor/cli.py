@@ -7,6 +7,7 @@ imported lazily so ``keyrotor version`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -43,6 +44,9 @@ def _cmd_dev_cluster(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before kopf and kubernetes are imported: they read $KUBECONFIG at import time.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     from keyrotor.runner import run
 
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import uuid
 from typing import Any
 
@@ -31,7 +32,8 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> cl
             client_configuration=configuration)
     except config.ConfigException:
         config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=configuration)
+            config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
+            client_configuration=configuration)
     return client.ApiClient(configuration)
 
 

@@ -48,6 +48,7 @@ from keyrotor.publishing.slots import SlotError
 log = logging.getLogger("keyrotor.reconciler")
 TRIGGER_ANNOTATION = "keyrotor.io/rotate"
 ERROR_RETRY = 30.0
+ERROR_BACKOFF = (5.0, 300.0)  # first retry, ceiling: doubling in between
 
 
 class Api(Protocol):
@@ -79,6 +80,7 @@ class Reconciler:
     api: Api
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     prober: Prober = probe_all
+    errors_in_a_row: int = 0
 
     async def reconcile(self, namespace: str, name: str) -> float:
         """Reconcile once; return the seconds after which the next reconcile is due."""
@@ -86,14 +88,18 @@ class Reconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return ERROR_RETRY
         try:
-            return await self._reconcile(body)
+            delay = await self._reconcile(body)
         except Conflict:
             return 0.2  # someone wrote in between: read again and redo, soon
         except (SecretConflict, SpecError, SlotError) as exc:
             reason = {SecretConflict: "SecretConflict", SpecError: "InvalidSpec",
                       SlotError: "SecretDrift"}[type(exc)]
             await self._report_error(body, reason, str(exc))
-            return ERROR_RETRY
+            first, ceiling = ERROR_BACKOFF
+            self.errors_in_a_row += 1
+            return min(first * 2 ** (self.errors_in_a_row - 1), ceiling)
+        self.errors_in_a_row = 0
+        return delay
 
     async def _reconcile(self, body: dict[str, Any]) -> float:
         meta, spec = body["metadata"], body.get("spec") or {}

@@ -74,6 +74,11 @@ class Acceptor:
         self._refresher = asyncio.create_task(self._refresh_forever())
         return f"http://127.0.0.1:{self.port}/"
 
+    @property
+    def slots_held(self) -> set[str]:
+        """The slots this acceptor currently knows (as of its last refresh)."""
+        return set(self._keys)
+
     async def stop(self) -> None:
         if self._refresher:
             self._refresher.cancel()

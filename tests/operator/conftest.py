@@ -1,0 +1,151 @@
+"""Fixtures for the operator tier: the CRD, a real operator process, and a leak scan.
+
+The operator runs as a subprocess (``python -m keyrotor run``) so tests can SIGKILL it at any
+moment and start it again, exactly as a pod would be. It watches only the test's namespace:
+without a namespace controller, namespaces of earlier tests never go away.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from keyrotor.kube import KubeApi
+from keyrotor.testing.controlplane import ControlPlane, free_port
+from keyrotor.testing.toolchain import repo_root
+from keyrotor.testing.waiting import wait_for
+
+SECRET_VALUES: set[str] = set()  # every secret value a test saw, for the leak scan
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          "crd/rotatingsecrets.keyrotor.io")
+
+
+@pytest.fixture(scope="session")
+def kapi(kube: client.ApiClient) -> KubeApi:
+    return KubeApi(kube)
+
+
+@dataclass
+class OperatorProcess:
+    kubeconfig: Path
+    namespace: str
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "keyrotor", "run", "--kubeconfig", str(self.kubeconfig),
+             "-n", self.namespace, "--metrics-port", str(self.metrics_port),
+             "--liveness-port", str(free_port()), "--verbose"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        wait_for(self.metrics, timeout=30, what="operator metrics endpoint")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last status write, like an OOM kill or a node loss."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    def metric(self, metric_name: str, /, **labels: str) -> float | None:
+        for line in self.metrics().splitlines():
+            if not line.startswith((metric_name + "{", metric_name + " ")):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, crds: None, namespace: str,
+             tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
+                           log_path=tmp_path / "operator.log")
+    proc.start()
+    yield proc
+    metrics_text = proc.metrics()
+    proc.stop()
+    print(f"---- operator log ({proc.log_path}) ----\n{proc.log_text()[-20000:]}")
+    _scan_for_leaks(control_plane, namespace, proc.log_text(), metrics_text)
+
+
+def remember_secret(secret: dict[str, Any] | None) -> None:
+    """Record every value of a keyrotor Secret, so the leak scan can look for it."""
+    for key, value in ((secret or {}).get("data") or {}).items():
+        if key == "jwks.json" or key.endswith(".pub") or key.endswith(".pub.jwk"):
+            continue  # public parts may be published anywhere
+        raw = base64.b64decode(value)
+        SECRET_VALUES.add(value)
+        try:
+            SECRET_VALUES.add(raw.decode())
+        except UnicodeDecodeError:
+            pass
+
+
+def _scan_for_leaks(plane: ControlPlane, namespace: str, logs: str, metrics_text: str) -> None:
+    """Invariant 5: no secret value in logs, events, status, annotations or metrics."""
+    secrets = json.loads(plane.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout)
+    for item in secrets["items"]:
+        if (item["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == \
+                "keyrotor":
+            remember_secret(item)
+            # The Secret's own annotations are part of the scan too.
+            annotations = json.dumps(item["metadata"].get("annotations") or {})
+            for value in SECRET_VALUES:
+                assert value not in annotations, "secret material in Secret annotations"
+    events = plane.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    objects = plane.kubectl("get", "rotatingsecrets", "-n", namespace, "-o", "json").stdout
+    haystacks = {"operator log": logs, "metrics": metrics_text, "events": events,
+                 "RotatingSecrets (status, annotations)": objects}
+    for value in SECRET_VALUES:
+        if len(value) < 12:
+            continue
+        for where, text in haystacks.items():
+            assert value not in text, f"secret material found in {where}"
+
+
+def rotating_secret(name: str, **spec: Any) -> str:
+    body = {"apiVersion": "keyrotor.io/v1alpha1", "kind": "RotatingSecret",
+            "metadata": {"name": name}, "spec": {"secretName": name, **spec}}
+    return yaml.safe_dump(body)

@@ -1,0 +1,144 @@
+"""Helpers for operator tests: waiting on status, a Secret witness, a switchable consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from kubernetes import client, watch
+
+from keyrotor.kube import KubeApi
+from keyrotor.testing.waiting import wait_for
+from tests.operator.conftest import remember_secret
+
+
+def status_of(kapi: KubeApi, namespace: str, name: str) -> dict[str, Any]:
+    obj = kapi.get_rotating_secret(namespace, name) or {}
+    return dict(obj.get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((dict(c) for c in status.get("conditions") or () if c["type"] == kind), {})
+
+
+def wait_status(kapi: KubeApi, namespace: str, name: str,
+                predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60,
+                what: str = "status") -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        status = status_of(kapi, namespace, name)
+        return status if status and predicate(status) else None
+
+    return wait_for(check, timeout=timeout, interval=0.1, what=what)
+
+
+async def await_status(kapi: KubeApi, namespace: str, name: str,
+                       predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60,
+                       what: str = "status") -> dict[str, Any]:
+    return await asyncio.to_thread(wait_status, kapi, namespace, name, predicate,
+                                   timeout=timeout, what=what)
+
+
+def events_of(kapi: KubeApi, namespace: str, name: str) -> list[dict[str, Any]]:
+    return sorted(kapi.list_events(namespace, name),
+                  key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+
+
+@dataclass
+class SecretWitness:
+    """Watches one Secret and checks the slot invariants on every change it sees.
+
+    * a version number always maps to the same value (never generated twice),
+    * once ``current`` exists it never disappears (invariant 1),
+    * at most two slots hold a value (invariant 3),
+    * ``current``'s version never goes down (invariant 4).
+    """
+
+    api: client.ApiClient
+    namespace: str
+    name: str
+    values: dict[int, bytes] = field(default_factory=dict)
+    currents: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _see(self, secret: dict[str, Any]) -> None:
+        remember_secret(secret)
+        data = secret.get("data") or {}
+        annotations = secret["metadata"].get("annotations") or {}
+        filled = 0
+        for slot in ("current", "next", "previous"):
+            version = annotations.get(f"keyrotor.io/{slot}-version")
+            if slot not in data or version is None:
+                continue
+            filled += 1
+            value = base64.b64decode(data[slot])
+            known = self.values.setdefault(int(version), value)
+            if known != value:
+                self.problems.append(f"version {version} had two different values")
+        if filled > 2:
+            self.problems.append(f"{filled} slots filled at once")
+        current = annotations.get("keyrotor.io/current-version")
+        if current is None and self.currents:
+            self.problems.append("current disappeared")
+        elif current is not None:
+            if self.currents and int(current) < self.currents[-1]:
+                self.problems.append(f"current went back from {self.currents[-1]} to {current}")
+            if not self.currents or self.currents[-1] != int(current):
+                self.currents.append(int(current))
+
+    def _run(self) -> None:
+        core = client.CoreV1Api(self.api)
+        while not self._stop.is_set():
+            w = watch.Watch()
+            for event in w.stream(core.list_namespaced_secret, self.namespace,
+                                  field_selector=f"metadata.name={self.name}",
+                                  timeout_seconds=2):
+                obj = event["raw_object"]
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    self._see(obj)
+                if self._stop.is_set():
+                    w.stop()
+
+    def start(self) -> SecretWitness:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+
+
+@dataclass
+class SwitchableConsumer:
+    """An HTTP consumer that answers 200 or 401 as the test says."""
+
+    healthy: bool = True
+    requests: int = 0
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.Response(status=200 if self.healthy else 401)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
