@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
-        kubeconfig=args.kubeconfig)
+        kubeconfig=args.kubeconfig, phase_pause=args.phase_pause)
     return 0
 
 
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
+    p.add_argument("--phase-pause", type=float, default=0.0, metavar="SECONDS",
+                   help="slow motion for demos and crash tests: stay this long in each phase")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="a table of every RotatingSecret and its rotation")

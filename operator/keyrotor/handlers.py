@@ -23,6 +23,7 @@ from keyrotor.kube import GROUP, PLURAL, VERSION, KubeApi, load_client
 from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
 
 log = logging.getLogger("keyrotor")
+PHASE_PAUSE = 0.0  # set by ``keyrotor run --phase-pause``
 WAKEUPS: dict[str, asyncio.Event] = {}
 LAST_SEEN: dict[str, tuple[Any, Any]] = {}
 _api: KubeApi | None = None
@@ -51,7 +52,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def rotation_loop(namespace: str | None, name: str, uid: str,
                         stopped: kopf.DaemonStopped, **_: Any) -> None:
     assert namespace is not None, "RotatingSecret is namespaced"
-    reconciler = Reconciler(api=api())
+    reconciler = Reconciler(api=api(), phase_pause=PHASE_PAUSE)
     wake = WAKEUPS.setdefault(uid, asyncio.Event())
     while not stopped:
         wake.clear()
@@ -62,6 +63,10 @@ async def rotation_loop(namespace: str | None, name: str, uid: str,
             metrics.RECONCILE_ERRORS.labels(namespace, name, "Exception").inc()
             delay = 10.0
         if delay <= 0:
+            continue
+        if reconciler.phase_pause and delay <= reconciler.phase_pause:
+            # In slow motion a change of spec or trigger must not cut the pause short.
+            await asyncio.wait([asyncio.ensure_future(stopped.wait())], timeout=delay)
             continue
         sleeper = asyncio.ensure_future(wake.wait())
         try:

@@ -81,6 +81,8 @@ class Reconciler:
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     prober: Prober = probe_all
     errors_in_a_row: int = 0
+    # Slow motion for demos and crash tests: stay at least this long in each new phase.
+    phase_pause: float = 0.0
 
     async def reconcile(self, namespace: str, name: str) -> float:
         """Reconcile once; return the seconds after which the next reconcile is due."""
@@ -97,7 +99,7 @@ class Reconciler:
             await self._report_error(body, reason, str(exc))
             first, ceiling = ERROR_BACKOFF
             self.errors_in_a_row += 1
-            return min(first * 2 ** (self.errors_in_a_row - 1), ceiling)
+            return min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
         self.errors_in_a_row = 0
         return delay
 
@@ -124,6 +126,8 @@ class Reconciler:
                                     generator)
         await self._persist(body, result.state, now=now, error=None)
         await self._report(body, result.state, result.events, result.effect, rspec, probe)
+        if result.state.phase != state.phase:
+            return max(result.requeue_after, self.phase_pause)
         return result.requeue_after
 
     # ---- steps -------------------------------------------------------------------------------

@@ -14,13 +14,16 @@ from keyrotor import metrics
 
 def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         liveness_port: int | None = 8081, log_format: str = "text", verbose: bool = False,
-        kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None) -> None:
+        kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
+        phase_pause: float = 0.0) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
                    else kopf.LogFormat.PLAIN)
     logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
-    import keyrotor.handlers  # noqa: F401 - registers the handlers with kopf
+    import keyrotor.handlers  # registers the handlers with kopf
+
+    keyrotor.handlers.PHASE_PAUSE = phase_pause
 
     if metrics_port:
         metrics.serve(metrics_port)

@@ -8,6 +8,7 @@ without a namespace controller, namespaces of earlier tests never go away.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -49,6 +50,7 @@ class OperatorProcess:
     namespace: str
     log_path: Path
     metrics_port: int = field(default_factory=free_port)
+    phase_pause: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
 
@@ -58,7 +60,8 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keyrotor", "run", "--kubeconfig", str(self.kubeconfig),
              "-n", self.namespace, "--metrics-port", str(self.metrics_port),
-             "--liveness-port", str(free_port()), "--verbose"],
+             "--liveness-port", str(free_port()), "--verbose",
+             "--phase-pause", str(self.phase_pause)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         wait_for(self.metrics, timeout=30, what="operator metrics endpoint")
@@ -80,7 +83,7 @@ class OperatorProcess:
     def metrics(self) -> str:
         try:
             url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return str(response.read().decode())
         except OSError:
             return ""
@@ -117,10 +120,8 @@ def remember_secret(secret: dict[str, Any] | None) -> None:
             continue  # public parts may be published anywhere
         raw = base64.b64decode(value)
         SECRET_VALUES.add(value)
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             SECRET_VALUES.add(raw.decode())
-        except UnicodeDecodeError:
-            pass
 
 
 def _scan_for_leaks(plane: ControlPlane, namespace: str, logs: str, metrics_text: str) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from kubernetes import client, watch
 
 from keyrotor.kube import KubeApi
+from keyrotor.testing.democonsumer import serve
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import remember_secret
 
@@ -37,10 +38,10 @@ def wait_status(kapi: KubeApi, namespace: str, name: str,
 
 
 async def await_status(kapi: KubeApi, namespace: str, name: str,
-                       predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60,
+                       predicate: Callable[[dict[str, Any]], bool], *, within: float = 60,
                        what: str = "status") -> dict[str, Any]:
     return await asyncio.to_thread(wait_status, kapi, namespace, name, predicate,
-                                   timeout=timeout, what=what)
+                                   timeout=within, what=what)
 
 
 def events_of(kapi: KubeApi, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -131,13 +132,8 @@ class SwitchableConsumer:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        self._runner, port = await serve(app)
+        return f"http://127.0.0.1:{port}/"
 
     async def stop(self) -> None:
         if self._runner:

@@ -90,7 +90,7 @@ async def test_zero_downtime_with_lagging_acceptor(
     presenter.start()
     try:
         status = await await_status(kapi, namespace, "api-key",
-                                    lambda s: s.get("rotationCount", 0) >= 3, timeout=120,
+                                    lambda s: s.get("rotationCount", 0) >= 3, within=120,
                                     what="three rotations")
     finally:
         await presenter.stop()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,17 @@ import aiohttp
 from aiohttp import web
 
 SLOTS = ("current", "next", "previous")
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on a free loopback port; return its runner (to clean up) and the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    port: int = sock.getsockname()[1]
+    return runner, port
 SecretReader = Callable[[], dict[str, Any] | None]
 
 
@@ -64,13 +77,7 @@ class Acceptor:
         self._keys = read_slots(await asyncio.to_thread(self.read_secret))
         app = web.Application()
         app.router.add_get("/", self._check)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app)
         self._refresher = asyncio.create_task(self._refresh_forever())
         return f"http://127.0.0.1:{self.port}/"
 
@@ -121,7 +128,5 @@ class Presenter:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
