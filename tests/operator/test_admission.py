@@ -12,7 +12,8 @@ VALID = {"secretName": "ok", "generator": {"random": {"length": 32}}}
 CASES = [
     ("no generator", {"secretName": "x", "generator": {}},
      "spec.generator must set exactly one of random, symmetric or keyPair"),
-    ("two generators", {**VALID, "generator": {"random": {}, "symmetric": {"algorithm": "AES-256"}}},
+    ("two generators",
+     {**VALID, "generator": {"random": {}, "symmetric": {"algorithm": "AES-256"}}},
      "spec.generator must set exactly one of random, symmetric or keyPair"),
     ("bad duration", {**VALID, "rotation": {"every": "30 days"}},
      "spec.rotation.every must be a duration such as 720h, 90m or 1h30m"),
