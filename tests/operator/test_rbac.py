@@ -1,0 +1,53 @@
+"""The operator works with exactly the RBAC in deploy/, as its ServiceAccount, and no more."""
+
+from __future__ import annotations
+
+import yaml
+
+from keyrotor.kube import KubeApi
+from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.toolchain import repo_root
+from tests.operator.conftest import OperatorProcess, rotating_secret
+from tests.operator.helpers import wait_status
+
+
+def test_operator_runs_as_its_service_account(control_plane: ControlPlane, crds: None,
+                                              kapi: KubeApi, namespace: str, tmp_path) -> None:
+    control_plane.kubectl("apply", "-f", str(repo_root() / "deploy" / "keyrotor.yaml"))
+    token = control_plane.kubectl("create", "token", "keyrotor", "-n", "keyrotor-system",
+                                  "--duration=1h").stdout.strip()
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    config["contexts"] = [{"name": "sa", "context": {"cluster": "keyrotor-envtest",
+                                                      "user": "sa"}}]
+    config["current-context"] = "sa"
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+
+    sa = "system:serviceaccount:keyrotor-system:keyrotor"
+    def can(*args: str) -> str:
+        return control_plane.kubectl("auth", "can-i", *args, f"--as={sa}", "-n", namespace,
+                                     check=False).stdout.strip()
+    assert can("create", "secrets") == "yes"
+    assert can("patch", "rotatingsecrets.keyrotor.io/status") == "yes"
+    assert can("get", "pods") == "no" and can("list", "secrets") == "no"
+    assert can("delete", "rotatingsecrets.keyrotor.io") == "no"
+
+    operator = OperatorProcess(kubeconfig=kubeconfig, namespace=namespace,
+                               log_path=tmp_path / "operator.log")
+    operator.start()
+    try:
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
+            "sa-key", rotation={"minOverlap": "1s"}, deletionPolicy="Delete",
+            generator={"symmetric": {"algorithm": "HMAC-SHA256"}}))
+        wait_status(kapi, namespace, "sa-key", lambda s: s.get("currentVersion") == 1)
+        kapi.annotate_rotating_secret(namespace, "sa-key", "keyrotor.io/rotate", "sa")
+        status = wait_status(kapi, namespace, "sa-key", lambda s: s.get("rotationCount") == 1)
+        assert status["currentVersion"] == 2
+        control_plane.kubectl("delete", "rsec", "sa-key", "-n", namespace, "--timeout=60s")
+        assert kapi.get_secret(namespace, "sa-key") is None
+    finally:
+        operator.stop()
+        log = operator.log_text()
+        print(log[-10000:])
+    assert "Forbidden" not in log and "403" not in log
