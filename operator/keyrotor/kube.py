@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import uuid
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -134,7 +134,8 @@ class KubeApi:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+            # Named like client-go's events (name.<unix nanos in hex>): unique, and in order.
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}",
                          "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
                                "kind": obj.get("kind", "RotatingSecret"),
