@@ -50,6 +50,7 @@ class OperatorProcess:
     namespace: str
     log_path: Path
     metrics_port: int = field(default_factory=free_port)
+    liveness_port: int = field(default_factory=free_port)
     phase_pause: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
@@ -60,7 +61,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keyrotor", "run", "--kubeconfig", str(self.kubeconfig),
              "-n", self.namespace, "--metrics-port", str(self.metrics_port),
-             "--liveness-port", str(free_port()), "--verbose",
+             "--liveness-port", str(self.liveness_port), "--verbose",
              "--phase-pause", str(self.phase_pause)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -81,8 +82,10 @@ class OperatorProcess:
                 self.kill()
 
     def metrics(self) -> str:
+        return self.fetch(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def fetch(self, url: str) -> str:
         try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=2) as response:
                 return str(response.read().decode())
         except OSError:

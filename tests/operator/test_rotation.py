@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import sys
 
@@ -62,6 +63,9 @@ def test_first_version_is_issued(control_plane: ControlPlane, kapi: KubeApi, nam
     assert set(secret["data"]) == {"current", "fingerprint.key"}
     reasons = [e["reason"] for e in events_of(kapi, namespace, "first")]
     assert reasons == ["RotationStarted", "Issued"]
+    health = json.loads(operator.fetch(f"http://127.0.0.1:{operator.liveness_port}/healthz"))
+    assert isinstance(health, dict)  # kopf's liveness probe answers with its activities
+    assert operator.metric("keyrotor_build_info", version="0.1.0") == 1
     printed = control_plane.kubectl("get", "rsec", "-n", namespace).stdout
     assert "first" in printed.splitlines()[1] and "Idle" in printed
 
