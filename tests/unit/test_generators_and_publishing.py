@@ -141,3 +141,13 @@ def test_duration_parser_rejects_garbage_with_the_field_name(text: str) -> None:
 @given(st.integers(0, 10**6), st.integers(0, 59), st.integers(0, 59))
 def test_duration_parser_sums_units(h: int, m: int, s: int) -> None:
     assert parse_duration(f"{h}h{m}m{s}s") == h * 3600 + m * 60 + s
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"symmetric": {"algorithm": "DES"}}, "spec.generator.symmetric.algorithm"),
+    ({"keyPair": {"algorithm": "DSA"}}, "spec.generator.keyPair.algorithm"),
+    ({"random": {"encoding": "base32"}}, "spec.generator.random.encoding"),
+])
+def test_unknown_generator_values_name_the_field(spec: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError, match=rf"^{field}: unknown value .*; use one of "):
+        from_spec(spec)

@@ -23,6 +23,13 @@ from keyrotor.generators import Material
 ALPHANUMERIC = string.ascii_letters + string.digits
 
 
+def _one_of(field: str, value: str, allowed: tuple[str, ...] | dict[str, int]) -> str:
+    """``value`` if it is allowed; else a SpecError that lists what is."""
+    if value not in allowed:
+        raise SpecError(field, f"unknown value {value!r}; use one of {', '.join(allowed)}")
+    return value
+
+
 @dataclass(frozen=True)
 class RandomString:
     length: int = 32
@@ -32,12 +39,10 @@ class RandomString:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> RandomString:
-        made = cls(length=int(spec.get("length", 32)), encoding=spec.get("encoding", "base64url"),
+        encoding = _one_of("spec.generator.random.encoding", spec.get("encoding", "base64url"),
+                           ("base64url", "hex", "alphanumeric", "custom"))
+        made = cls(length=int(spec.get("length", 32)), encoding=encoding,
                    alphabet=spec.get("alphabet"))
-        if made.encoding not in ("base64url", "hex", "alphanumeric", "custom"):
-            raise SpecError("spec.generator.random.encoding",
-                            f"unknown encoding {made.encoding!r}; use base64url, hex, "
-                            "alphanumeric or custom")
         if made.encoding == "custom":
             if not made.alphabet or len(set(made.alphabet)) < 2:
                 raise SpecError("spec.generator.random.alphabet",
@@ -71,12 +76,8 @@ class SymmetricKey:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SymmetricKey:
-        algorithm = spec.get("algorithm", "")
-        if algorithm not in SYMMETRIC_SIZES:
-            raise SpecError("spec.generator.symmetric.algorithm",
-                            f"unknown algorithm {algorithm!r}; use "
-                            f"{', '.join(SYMMETRIC_SIZES)}")
-        return cls(algorithm=algorithm)
+        return cls(algorithm=_one_of("spec.generator.symmetric.algorithm",
+                                     spec.get("algorithm", ""), SYMMETRIC_SIZES))
 
     def generate(self, version: int) -> Material:
         return {"": secrets.token_bytes(SYMMETRIC_SIZES[self.algorithm])}
@@ -108,11 +109,8 @@ class KeyPair:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> KeyPair:
-        algorithm = spec.get("algorithm", "")
-        if algorithm not in KEY_PAIR_ALGORITHMS:
-            raise SpecError("spec.generator.keyPair.algorithm",
-                            f"unknown algorithm {algorithm!r}; use "
-                            f"{', '.join(KEY_PAIR_ALGORITHMS)}")
+        algorithm = _one_of("spec.generator.keyPair.algorithm", spec.get("algorithm", ""),
+                            KEY_PAIR_ALGORITHMS)
         formats = tuple(spec.get("formats") or ("pem", "jwk"))
         return cls(algorithm=algorithm, formats=formats)
 
