@@ -5,6 +5,7 @@ Nothing here skips: a server that cannot be built or started fails the run, on C
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 from kubernetes import client, config
 
 from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.softhsm import SoftHsmToken, init_token
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,16 @@ def namespace(kube: client.ApiClient) -> Iterator[str]:
     yield name
     # No namespace controller runs: the namespace stays Terminating, which is harmless here.
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
+    token = init_token(tmp_path_factory.mktemp("softhsm"))
+    # SoftHSM2 reads its configuration when the module is first loaded in this process.
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    yield token
+    if previous is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = previous

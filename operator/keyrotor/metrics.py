@@ -48,6 +48,14 @@ REVOCATIONS = Counter("keyrotor_revocations_total", "Versions revoked", LABELS,
 RECONCILE_ERRORS = Counter("keyrotor_reconcile_errors_total",
                            "Reconciles that failed, by reason", (*LABELS, "reason"),
                            registry=REGISTRY)
+BACKEND_REQUESTS = Counter("keyrotor_backend_requests_total", "Requests to key backends",
+                           ("backend", "operation"), registry=REGISTRY)
+BACKEND_ERRORS = Counter("keyrotor_backend_errors_total", "Failed requests to key backends",
+                         ("backend", "operation"), registry=REGISTRY)
+BACKEND_DURATION = Histogram("keyrotor_backend_request_duration_seconds",
+                             "Duration of requests to key backends", ("backend", "operation"),
+                             registry=REGISTRY,
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BUILD = Info("keyrotor_build", "keyrotor's version", registry=REGISTRY)
 BUILD.info({"version": __version__})
 

@@ -21,12 +21,14 @@ import asyncio
 import base64
 import datetime
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keyrotor import metrics
 from keyrotor import status as status_io
+from keyrotor.backends import BackendError, Context
 from keyrotor.engine.model import (
     ConsumerResult,
     Effect,
@@ -93,13 +95,17 @@ class Reconciler:
             delay = await self._reconcile(body)
         except Conflict:
             return 0.2  # someone wrote in between: read again and redo, soon
-        except (SecretConflict, SpecError, SlotError) as exc:
-            reason = {SecretConflict: "SecretConflict", SpecError: "InvalidSpec",
-                      SlotError: "SecretDrift"}[type(exc)]
+        except (SecretConflict, SpecError, SlotError, BackendError) as exc:
+            reason = exc.reason if isinstance(exc, BackendError) else {
+                SecretConflict: "SecretConflict", SpecError: "InvalidSpec",
+                SlotError: "SecretDrift"}[type(exc)]
             await self._report_error(body, reason, str(exc))
+            # Exponential backoff with jitter: a hundred resources failing on one backend
+            # spread their retries out instead of hammering it in step.
             first, ceiling = ERROR_BACKOFF
             self.errors_in_a_row += 1
-            return min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
+            delay = min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
+            return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
         self.errors_in_a_row = 0
         return delay
 
@@ -107,7 +113,11 @@ class Reconciler:
         meta, spec = body["metadata"], body.get("spec") or {}
         namespace, name = meta["namespace"], meta["name"]
         rspec = RotationSpec.parse(spec)
-        generator = from_spec(spec.get("generator") or {})
+        ctx = Context(namespace=namespace, name=name,
+                      read_secret_key=lambda secret, key: self._secret_key(namespace, secret,
+                                                                           key))
+        keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
+        generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
         probes = [HttpProbe.from_spec(c) for c in spec.get("consumers") or () if c.get("http")]
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         state = status_io.from_status(body.get("status"))
@@ -153,20 +163,33 @@ class Reconciler:
                 metrics.PROBE_FAILURES.labels(owner.namespace, owner.name, r.name).inc()
         return ProbeRound(version=version, results=tuple(results))
 
+    def _secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        secret = self.api.get_secret(namespace, name)
+        data = (secret or {}).get("data") or {}
+        if key not in data:
+            what = f"Secret {namespace}/{name}" if secret else f"no Secret {namespace}/{name}"
+            raise SpecError("spec.generator", f"{what} has no key {key!r}" if secret else
+                            f"{what}: create it with the credential under key {key!r}")
+        return base64.b64decode(data[key])
+
     def _publish(self, effect: Effect, secret_name: str, owner: Owner,
                  generator: Generator) -> None:
         for _ in range(5):
             current = self.api.get_secret(owner.namespace, secret_name)
             rendered = render(effect, current, name=secret_name, owner=owner,
                               generate=generator.generate)
-            if rendered is None:
-                return
             try:
-                self.api.write_secret(rendered, create=current is None)
-                return
+                if rendered is not None:
+                    self.api.write_secret(rendered, create=current is None)
+                break
             except Conflict:
                 continue  # re-read; the effect is idempotent
-        raise Conflict(f"Secret {owner.namespace}/{secret_name} kept changing")
+        else:
+            raise Conflict(f"Secret {owner.namespace}/{secret_name} kept changing")
+        if isinstance(effect, Revoke):
+            # Out of the Secret first, then out of the backend: no consumer is ever handed a
+            # reference to a destroyed key. Replays are harmless (both steps are idempotent).
+            generator.revoke(effect.version)
 
     async def _persist(self, body: dict[str, Any], state: RotationState, *,
                        now: datetime.datetime, error: tuple[str, str] | None) -> None:

@@ -36,6 +36,21 @@ PY="$VENV/bin/python"
 export PYTHONPATH="$REPO/operator:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"
 
+# Debian packages for the real servers the tests use (SoftHSM2 for the PKCS#11 backend).
+apt_packages=(softhsm2)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]} ..."
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
 if ! command -v go >/dev/null; then
   log "Go is required to build the local control plane (apt-get install golang-go, or go.dev)"
   exit 1

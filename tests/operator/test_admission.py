@@ -11,10 +11,10 @@ VALID = {"secretName": "ok", "generator": {"random": {"length": 32}}}
 
 CASES = [
     ("no generator", {"secretName": "x", "generator": {}},
-     "spec.generator must set exactly one of random, symmetric or keyPair"),
+     "spec.generator must set exactly one of random, symmetric, keyPair, vault or hsm"),
     ("two generators",
      {**VALID, "generator": {"random": {}, "symmetric": {"algorithm": "AES-256"}}},
-     "spec.generator must set exactly one of random, symmetric or keyPair"),
+     "spec.generator must set exactly one of random, symmetric, keyPair, vault or hsm"),
     ("bad duration", {**VALID, "rotation": {"every": "30 days"}},
      "spec.rotation.every must be a duration such as 720h, 90m or 1h30m"),
     ("every and schedule", {**VALID, "rotation": {"every": "24h", "schedule": "0 3 * * *"}},

@@ -11,7 +11,10 @@ thread so the operator's event loop never blocks on it.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from keyrotor.backends import Context
 
 Material = dict[str, bytes]
 
@@ -21,23 +24,41 @@ class Generator(Protocol):
     def kind(self) -> str: ...
 
     def generate(self, version: int) -> Material:
-        """Make fresh material for ``version``; never returns the same material twice."""
+        """Make ``version`` (once: a replay returns what the first call made, where the
+        material lives in a backend) and return what the Secret publishes."""
+        ...
+
+    def revoke(self, version: int) -> None:
+        """Destroy ``version`` where it lives, if anywhere but the Secret. Idempotent."""
         ...
 
 
-def from_spec(spec: dict[str, Any]) -> Generator:
+KINDS = ("random", "symmetric", "keyPair", "vault", "hsm")
+
+
+def from_spec(spec: dict[str, Any], ctx: Context | None = None, *,
+              keep_history: int = 0) -> Generator:
     """The generator for ``spec.generator``; ``SpecError`` names the field when it is unusable."""
     from keyrotor.engine.model import SpecError
     from keyrotor.generators import local
 
-    chosen = [k for k in ("random", "symmetric", "keyPair") if spec.get(k) is not None]
+    chosen = [k for k in KINDS if spec.get(k) is not None]
     if len(chosen) != 1:
-        raise SpecError("spec.generator",
-                        "set exactly one of random, symmetric or keyPair")
+        raise SpecError("spec.generator", f"set exactly one of {', '.join(KINDS)}")
     kind = chosen[0]
     settings = spec[kind]
     if kind == "random":
         return local.RandomString.from_spec(settings)
     if kind == "symmetric":
         return local.SymmetricKey.from_spec(settings)
-    return local.KeyPair.from_spec(settings)
+    if kind == "keyPair":
+        return local.KeyPair.from_spec(settings)
+    if ctx is None:
+        raise SpecError(f"spec.generator.{kind}", "needs the operator's Kubernetes context")
+    if kind == "vault":
+        from keyrotor.backends import vault
+
+        return vault.from_spec(settings, ctx, keep_history=keep_history)
+    from keyrotor.backends.hsm import Hsm
+
+    return Hsm.from_spec(settings, ctx)

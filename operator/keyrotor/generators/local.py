@@ -65,6 +65,9 @@ class RandomString:
             value = "".join(secrets.choice(alphabet) for _ in range(self.length))
         return {"": value.encode()}
 
+    def revoke(self, version: int) -> None:
+        """Nothing to do: the value lives only in the Secret."""
+
 
 SYMMETRIC_SIZES = {"AES-128": 16, "AES-256": 32, "HMAC-SHA256": 32}
 
@@ -81,6 +84,9 @@ class SymmetricKey:
 
     def generate(self, version: int) -> Material:
         return {"": secrets.token_bytes(SYMMETRIC_SIZES[self.algorithm])}
+
+    def revoke(self, version: int) -> None:
+        """Nothing to do: the key lives only in the Secret."""
 
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -133,6 +139,9 @@ class KeyPair:
                 priv_doc, sort_keys=True).encode()
             material[".pub.jwk"] = json.dumps(pub_doc, sort_keys=True).encode()
         return material
+
+    def revoke(self, version: int) -> None:
+        """Nothing to do: the key pair lives only in the Secret."""
 
 
 def jwks(public_jwks: list[bytes]) -> bytes:

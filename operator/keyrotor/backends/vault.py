@@ -1,0 +1,234 @@
+"""Vault / OpenBao backends through hvac: KV v2 values and Transit keys.
+
+* ``kv``: each version is a fresh random value written to KV v2 with check-and-set
+  (``cas`` = N-1), so two writers cannot clobber each other and keyrotor's version N is KV's
+  version N. The Kubernetes Secret is published from it. Revocation destroys (or, with
+  ``destroy: false``, soft-deletes) the version that leaves ``revocation.keepHistory``.
+* ``transit``: version N is the Transit key's version N (create for 1, rotate after). No key
+  material leaves Vault: the Secret publishes the key's name. Revocation raises
+  ``min_decryption_version`` and trims older versions.
+
+Authentication is a token read from a Kubernetes Secret, or Vault's Kubernetes auth method
+with the operator's ServiceAccount token (Vault asks the API server to review it). Tokens are
+held in memory only and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+import requests
+from hvac import exceptions as vault_errors
+
+from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
+from keyrotor.engine.model import SpecError
+from keyrotor.generators import Material
+from keyrotor.generators.local import RandomString
+
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+             vault_errors.VaultDown, vault_errors.InternalServerError,
+             vault_errors.BadGateway, vault_errors.RateLimitExceeded)
+
+
+def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
+    """An authenticated hvac client for ``generator.vault`` (``spec``)."""
+    address = spec.get("address")
+    if not address:
+        raise SpecError("spec.generator.vault.address", "required, e.g. https://vault:8200")
+    verify: bool | str = True
+    if spec.get("caBundle"):
+        # requests wants a file; a private temporary one per client, readable by us only.
+        handle, ca_path = tempfile.mkstemp(prefix="keyrotor-vault-ca-", suffix=".pem")
+        with os.fdopen(handle, "w") as out:
+            out.write(spec["caBundle"])
+        verify = ca_path
+    client = hvac.Client(url=address, verify=verify, timeout=10)
+    auth = spec.get("auth") or {}
+    with measured("vault", "login"):
+        try:
+            if ref := auth.get("tokenSecretRef"):
+                client.token = ctx.read_secret_key(ref["name"], ref.get("key", "token")).decode()
+            elif kube := auth.get("kubernetes"):
+                jwt_path = Path(kube.get("tokenPath") or SA_TOKEN)
+                client.auth.kubernetes.login(kube["role"], jwt_path.read_text().strip(),
+                                             mount_point=kube.get("mount", "kubernetes"))
+            else:
+                raise SpecError("spec.generator.vault.auth",
+                                "set tokenSecretRef or kubernetes: {role: ...}")
+        except TRANSIENT as exc:
+            raise BackendUnavailable(f"Vault at {address} unreachable: "
+                                     f"{type(exc).__name__}") from None
+        except vault_errors.Forbidden as exc:
+            raise BackendConflict(f"Vault at {address} refused the login: {exc.errors or ''}; "
+                                  "check the role or the token") from None
+    return client
+
+
+def _unavailable(exc: Exception, address: str) -> BackendUnavailable:
+    return BackendUnavailable(f"Vault at {address}: {type(exc).__name__}")
+
+
+@dataclass
+class VaultKV:
+    spec: dict[str, Any]
+    ctx: Context
+    keep_history: int = 0
+    kind: str = "vault.kv"
+    _client: hvac.Client | None = field(default=None, repr=False)
+
+    @property
+    def _kv(self) -> dict[str, Any]:
+        kv: dict[str, Any] = self.spec["kv"]
+        return kv
+
+    def client(self) -> hvac.Client:
+        if self._client is None:
+            self._client = _client(self.spec, self.ctx)
+        return self._client
+
+    def _current_kv_version(self) -> int:
+        kv = self.client().secrets.kv.v2
+        try:
+            with measured("vault", "kv.read_metadata"):
+                meta = kv.read_secret_metadata(self._kv["path"],
+                                               mount_point=self._kv.get("mount", "secret"))
+        except vault_errors.InvalidPath:
+            return 0
+        return int(meta["data"]["current_version"])
+
+    def _read_version(self, version: int) -> bytes:
+        kv = self.client().secrets.kv.v2
+        with measured("vault", "kv.read"):
+            got = kv.read_secret_version(self._kv["path"], version=version,
+                                         mount_point=self._kv.get("mount", "secret"),
+                                         raise_on_deleted_version=True)
+        return str(got["data"]["data"]["value"]).encode()
+
+    def generate(self, version: int) -> Material:
+        try:
+            return self._generate(version)
+        except TRANSIENT as exc:
+            raise _unavailable(exc, self.spec["address"]) from None
+
+    def _generate(self, version: int) -> Material:
+        mount, path = self._kv.get("mount", "secret"), self._kv["path"]
+        existing = self._current_kv_version()
+        if existing >= version:
+            # A replay after a crash: version N is already written, and it is ours.
+            return {"": self._read_version(version)}
+        if existing != version - 1:
+            raise BackendConflict(
+                f"KV {mount}/{path} is at version {existing}, keyrotor expected {version - 1}: "
+                "keyrotor owns this path and its versions match keyrotor's; point "
+                "spec.generator.vault.kv.path at a path only keyrotor writes")
+        value = RandomString.from_spec(self._kv).generate(version)[""]
+        try:
+            with measured("vault", "kv.write"):
+                self.client().secrets.kv.v2.create_or_update_secret(
+                    path, secret={"value": value.decode()}, cas=version - 1, mount_point=mount)
+        except vault_errors.InvalidRequest as exc:
+            raise BackendConflict(f"KV {mount}/{path}: check-and-set for version {version} "
+                                  f"failed ({exc.errors}); another writer changed it") from None
+        return {"": value}
+
+    def revoke(self, version: int) -> None:
+        gone = version - self.keep_history
+        if gone < 1:
+            return
+        mount, path = self._kv.get("mount", "secret"), self._kv["path"]
+        kv = self.client().secrets.kv.v2
+        try:
+            if self._kv.get("destroy", True):
+                with measured("vault", "kv.destroy"):
+                    kv.destroy_secret_versions(path, [gone], mount_point=mount)
+            else:
+                with measured("vault", "kv.delete"):
+                    kv.delete_secret_versions(path, [gone], mount_point=mount)
+        except TRANSIENT as exc:
+            raise _unavailable(exc, self.spec["address"]) from None
+
+
+@dataclass
+class VaultTransit:
+    spec: dict[str, Any]
+    ctx: Context
+    keep_history: int = 0
+    kind: str = "vault.transit"
+    _client: hvac.Client | None = field(default=None, repr=False)
+
+    def client(self) -> hvac.Client:
+        if self._client is None:
+            self._client = _client(self.spec, self.ctx)
+        return self._client
+
+    @property
+    def _names(self) -> tuple[str, str]:
+        transit = self.spec["transit"]
+        return transit.get("mount", "transit"), transit["key"]
+
+    def _latest(self) -> int:
+        mount, key = self._names
+        try:
+            with measured("vault", "transit.read_key"):
+                got = self.client().secrets.transit.read_key(key, mount_point=mount)
+        except vault_errors.InvalidPath:
+            return 0
+        return int(got["data"]["latest_version"])
+
+    def generate(self, version: int) -> Material:
+        try:
+            return self._generate(version)
+        except TRANSIENT as exc:
+            raise _unavailable(exc, self.spec["address"]) from None
+
+    def _generate(self, version: int) -> Material:
+        mount, key = self._names
+        latest = self._latest()
+        transit = self.client().secrets.transit
+        if latest < version:
+            if latest != version - 1:
+                raise BackendConflict(
+                    f"Transit key {mount}/{key} is at version {latest}, keyrotor expected "
+                    f"{version - 1}; point spec.generator.vault.transit.key at a key only "
+                    "keyrotor rotates")
+            if latest == 0:
+                with measured("vault", "transit.create_key"):
+                    transit.create_key(key, key_type=self.spec["transit"].get(
+                        "type", "aes256-gcm96"), mount_point=mount)
+            else:
+                with measured("vault", "transit.rotate_key"):
+                    transit.rotate_key(key, mount_point=mount)
+        return {"": f"{mount}/{key}".encode(), ".key-version": str(version).encode()}
+
+    def revoke(self, version: int) -> None:
+        keep_from = version + 1 - self.keep_history
+        if keep_from < 2:
+            return
+        mount, key = self._names
+        transit = self.client().secrets.transit
+        try:
+            with measured("vault", "transit.update_key"):
+                transit.update_key_configuration(key, min_decryption_version=keep_from,
+                                                 mount_point=mount)
+            with measured("vault", "transit.trim_key"):
+                transit.trim_key(key, min_version=keep_from, mount_point=mount)
+        except TRANSIENT as exc:
+            raise _unavailable(exc, self.spec["address"]) from None
+
+
+def from_spec(spec: dict[str, Any], ctx: Context, *, keep_history: int) -> VaultKV | VaultTransit:
+    if spec.get("kv") is not None and spec.get("transit") is None:
+        if not spec["kv"].get("path"):
+            raise SpecError("spec.generator.vault.kv.path", "required, e.g. payments/api-key")
+        return VaultKV(spec, ctx, keep_history=keep_history)
+    if spec.get("transit") is not None and spec.get("kv") is None:
+        if not spec["transit"].get("key"):
+            raise SpecError("spec.generator.vault.transit.key", "required, e.g. payments")
+        return VaultTransit(spec, ctx, keep_history=keep_history)
+    raise SpecError("spec.generator.vault", "set exactly one of kv or transit")
