@@ -107,7 +107,7 @@ async def test_zero_downtime_with_lagging_acceptor(
     assert witness.problems == []
     assert witness.currents == list(range(1, witness.currents[-1] + 1))
     reasons = [e["reason"] for e in events_of(kapi, namespace, "api-key")]
-    for reason in ("Staged", "Promoted", "Revoked"):
+    for reason in ("RotationStarted", "Staged", "Accepted", "Promoted", "Retired", "Revoked"):
         assert reasons.count(reason) >= 3
     assert (operator.metric("keyrotor_rotations_total", namespace=namespace, name="api-key",
                             result="succeeded") or 0) >= 3

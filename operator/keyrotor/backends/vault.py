@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,16 @@ def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
     return client
 
 
-def _unavailable(exc: Exception, address: str) -> BackendUnavailable:
-    return BackendUnavailable(f"Vault at {address}: {type(exc).__name__}")
+@contextmanager
+def _translated(address: str) -> Iterator[None]:
+    """Vault's failures as keyrotor's: transient ones retry, a refusal needs a human."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise BackendUnavailable(f"Vault at {address}: {type(exc).__name__}") from None
+    except vault_errors.Forbidden:
+        raise BackendConflict(f"Vault at {address} denied the request: check the token's "
+                              "policy (keyrotor needs its KV path or Transit key)") from None
 
 
 @dataclass
@@ -111,10 +121,8 @@ class VaultKV:
         return str(got["data"]["data"]["value"]).encode()
 
     def generate(self, version: int) -> Material:
-        try:
+        with _translated(self.spec["address"]):
             return self._generate(version)
-        except TRANSIENT as exc:
-            raise _unavailable(exc, self.spec["address"]) from None
 
     def _generate(self, version: int) -> Material:
         mount, path = self._kv.get("mount", "secret"), self._kv["path"]
@@ -142,16 +150,14 @@ class VaultKV:
         if gone < 1:
             return
         mount, path = self._kv.get("mount", "secret"), self._kv["path"]
-        kv = self.client().secrets.kv.v2
-        try:
+        with _translated(self.spec["address"]):
+            kv = self.client().secrets.kv.v2
             if self._kv.get("destroy", True):
                 with measured("vault", "kv.destroy"):
                     kv.destroy_secret_versions(path, [gone], mount_point=mount)
             else:
                 with measured("vault", "kv.delete"):
                     kv.delete_secret_versions(path, [gone], mount_point=mount)
-        except TRANSIENT as exc:
-            raise _unavailable(exc, self.spec["address"]) from None
 
 
 @dataclass
@@ -182,10 +188,8 @@ class VaultTransit:
         return int(got["data"]["latest_version"])
 
     def generate(self, version: int) -> Material:
-        try:
+        with _translated(self.spec["address"]):
             return self._generate(version)
-        except TRANSIENT as exc:
-            raise _unavailable(exc, self.spec["address"]) from None
 
     def _generate(self, version: int) -> Material:
         mount, key = self._names
@@ -211,15 +215,13 @@ class VaultTransit:
         if keep_from < 2:
             return
         mount, key = self._names
-        transit = self.client().secrets.transit
-        try:
+        with _translated(self.spec["address"]):
+            transit = self.client().secrets.transit
             with measured("vault", "transit.update_key"):
                 transit.update_key_configuration(key, min_decryption_version=keep_from,
                                                  mount_point=mount)
             with measured("vault", "transit.trim_key"):
                 transit.trim_key(key, min_version=keep_from, mount_point=mount)
-        except TRANSIENT as exc:
-            raise _unavailable(exc, self.spec["address"]) from None
 
 
 def from_spec(spec: dict[str, Any], ctx: Context, *, keep_history: int) -> VaultKV | VaultTransit:

@@ -232,6 +232,7 @@ def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
     if verdict.go:
         if state.phase == Phase.HOLDING:
             events.append(Event("Normal", "HoldReleased", verdict.message))
+        events.append(Event("Normal", verdict.reason, verdict.message))  # Accepted / Retired
         nxt = Phase.PROMOTING if acceptance else Phase.REVOKING
         return Step(recorded.evolve(phase=nxt, message=verdict.message), events=tuple(events))
 

@@ -1,14 +1,16 @@
-"""Finding and building the binaries of the local control plane.
+"""Finding and building the Go binaries of the real servers the tests and the demo use.
 
-keyrotor's tests and demo run against a real ``kube-apiserver`` and ``etcd`` (and use a real
-``kubectl``), built from Go modules by the small wrapper module in ``tests/envtest``: these
-machines reach the Go module proxy but cannot download release binaries.
+These machines reach the Go module proxy but cannot download release binaries, so each server
+is built from its Go module by a small wrapper module in this repository:
 
-The build is keyed by a hash of the wrapper's ``go.mod`` and ``go.sum``, so it happens once per
+* ``tests/envtest``: ``kube-apiserver`` and ``kubectl`` (k8s.io/kubernetes) and ``etcd``;
+* ``tests/vault``: ``vault`` (the Vault API server for the Vault/OpenBao backend).
+
+A build is keyed by a hash of the wrapper's ``go.mod`` and ``go.sum``, so it happens once per
 change of the wrapper and is shared by every checkout on the machine. Binaries land in
-``$KEYROTOR_CACHE/envtest/<hash>/`` (default ``~/.cache/keyrotor``); Go's own module and build
-caches stay wherever Go keeps them (outside the repository). ``KEYROTOR_ENVTEST_BIN`` points at a
-folder of prebuilt binaries and skips the build entirely.
+``$KEYROTOR_CACHE/<set>/<hash>/`` (default ``~/.cache/keyrotor``); Go's module and build caches
+stay wherever Go keeps them, outside the repository. ``KEYROTOR_ENVTEST_BIN`` and
+``KEYROTOR_VAULT_BIN`` point at folders of prebuilt binaries and skip the build.
 """
 
 from __future__ import annotations
@@ -20,19 +22,118 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-# What each binary is built from, inside the wrapper module.
-PACKAGES: dict[str, str] = {
-    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
-    "etcd": "go.etcd.io/etcd/server/v3",
-}
 
 
 class ToolchainError(RuntimeError):
     """A binary is missing and cannot be built here; the message says what to do."""
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (source trees and editable installs)."""
+    # operator/keyrotor/testing/toolchain.py -> repository root
+    return Path(__file__).resolve().parents[3]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KEYROTOR_CACHE", Path.home() / ".cache" / "keyrotor"))
+
+
+def _log(message: str) -> None:
+    print(f"[keyrotor toolchain] {message}", file=sys.stderr, flush=True)
+
+
+def _module_version(src: Path, module: str) -> str:
+    for line in (src / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == module:
+            return parts[1]
+    return "v0.0.0"
+
+
+@dataclass(frozen=True)
+class GoTools:
+    """One wrapper module and the binaries built from it."""
+
+    name: str
+    packages: dict[str, str]
+    bin_env: str
+    ldflags: str = "-s -w"
+    source: Path = field(default_factory=Path)
+
+    def folder(self, *, build: bool = True) -> Path:
+        """The folder holding every binary of this set, built first if needed."""
+        if prebuilt := os.environ.get(self.bin_env):
+            folder = Path(prebuilt)
+            if missing := self._missing(folder):
+                raise ToolchainError(f"{self.bin_env}={prebuilt} lacks {missing}")
+            return folder
+        if not (self.source / "go.mod").is_file():
+            raise ToolchainError(f"no wrapper module at {self.source}; set {self.bin_env} to "
+                                 f"a folder with {', '.join(self.packages)}")
+        digest = hashlib.sha256()
+        for name in ("go.mod", "go.sum"):
+            digest.update((self.source / name).read_bytes())
+        out = cache_root() / self.name / digest.hexdigest()[:16]
+        if not self._missing(out):
+            return out
+        if not build:
+            raise ToolchainError(f"{self.name} binaries not built yet in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        # One builder at a time per machine: a second caller waits, then finds the binaries.
+        with open(out / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._missing(out):
+                self._build(out)
+        if missing := self._missing(out):
+            raise ToolchainError(f"build finished but {missing} are absent")
+        return out
+
+    def _missing(self, folder: Path) -> list[str]:
+        return [name for name in self.packages if not (folder / name).is_file()]
+
+    def _build(self, out: Path) -> None:
+        go = shutil.which("go")
+        if go is None:
+            raise ToolchainError(f"Go is not installed; {self.name} is built from Go modules")
+        env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+        for name, package in self.packages.items():
+            if (out / name).is_file():
+                continue
+            started = time.monotonic()
+            _log(f"building {name} from {package} (once; cached in {out}) ...")
+            tmp = out / f".{name}.tmp"
+            subprocess.run([go, "build", "-ldflags", self.ldflags, "-o", str(tmp), package],
+                           cwd=self.source, env=env, check=True)
+            tmp.rename(out / name)
+            _log(f"built {name} in {time.monotonic() - started:.0f}s")
+
+
+def _envtest() -> GoTools:
+    src = Path(os.environ.get("KEYROTOR_ENVTEST_SRC", repo_root() / "tests" / "envtest"))
+    version = _module_version(src, "k8s.io/kubernetes") if (src / "go.mod").is_file() \
+        else "v0.0.0"
+    minor = version.split(".")[1] if version.count(".") >= 2 else "0"
+    return GoTools(
+        name="envtest",
+        source=src,
+        bin_env="KEYROTOR_ENVTEST_BIN",
+        packages={"kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+                  "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+                  "etcd": "go.etcd.io/etcd/server/v3"},
+        # Make /version honest: the apiserver and kubectl report the Kubernetes release.
+        ldflags=(f"-s -w -X k8s.io/component-base/version.gitVersion={version} "
+                 f"-X k8s.io/component-base/version.gitMajor=1 "
+                 f"-X k8s.io/component-base/version.gitMinor={minor} "
+                 f"-X k8s.io/client-go/pkg/version.gitVersion={version}"),
+    )
+
+
+def vault_tools() -> GoTools:
+    return GoTools(name="vault", source=repo_root() / "tests" / "vault",
+                   bin_env="KEYROTOR_VAULT_BIN",
+                   packages={"vault": "github.com/hashicorp/vault"})
 
 
 @dataclass(frozen=True)
@@ -43,114 +144,26 @@ class Binaries:
 
     @classmethod
     def in_dir(cls, folder: Path) -> Binaries:
-        return cls(
-            kube_apiserver=folder / "kube-apiserver",
-            etcd=folder / "etcd",
-            kubectl=folder / "kubectl",
-        )
-
-    def missing(self) -> list[Path]:
-        return [p for p in (self.kube_apiserver, self.etcd, self.kubectl) if not p.is_file()]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KEYROTOR_CACHE", Path.home() / ".cache" / "keyrotor"))
-
-
-def repo_root() -> Path:
-    """The checkout this package runs from (source trees and editable installs)."""
-    # operator/keyrotor/testing/toolchain.py -> repository root
-    return Path(__file__).resolve().parents[3]
-
-
-def envtest_source() -> Path:
-    """The wrapper module: ``$KEYROTOR_ENVTEST_SRC`` or ``tests/envtest`` of this checkout."""
-    if env := os.environ.get("KEYROTOR_ENVTEST_SRC"):
-        return Path(env)
-    return repo_root() / "tests" / "envtest"
-
-
-def _source_hash(src: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((src / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _k8s_version(src: Path) -> str:
-    for line in (src / "go.mod").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "k8s.io/kubernetes":
-            return parts[1]
-    return "v0.0.0"
-
-
-def _log(message: str) -> None:
-    print(f"[keyrotor toolchain] {message}", file=sys.stderr, flush=True)
+        return cls(kube_apiserver=folder / "kube-apiserver", etcd=folder / "etcd",
+                   kubectl=folder / "kubectl")
 
 
 def ensure_binaries(*, build: bool = True) -> Binaries:
-    """Return the control-plane binaries, building them first if they are not cached yet."""
-    if prebuilt := os.environ.get("KEYROTOR_ENVTEST_BIN"):
-        found = Binaries.in_dir(Path(prebuilt))
-        if missing := found.missing():
-            raise ToolchainError(f"KEYROTOR_ENVTEST_BIN={prebuilt} lacks {missing}")
-        return found
-
-    src = envtest_source()
-    if not (src / "go.mod").is_file():
-        raise ToolchainError(
-            f"no envtest wrapper module at {src}; set KEYROTOR_ENVTEST_SRC to a checkout's "
-            "tests/envtest or KEYROTOR_ENVTEST_BIN to a folder with kube-apiserver, etcd, kubectl"
-        )
-    out = cache_root() / "envtest" / _source_hash(src)
-    found = Binaries.in_dir(out)
-    if not found.missing():
-        return found
-    if not build:
-        raise ToolchainError(f"control-plane binaries not built yet in {out}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    # One builder at a time per machine: a second caller waits, then finds the binaries.
-    with open(out / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not found.missing():
-            return found
-        _build(src, out)
-    if missing := found.missing():
-        raise ToolchainError(f"build finished but {missing} are absent")
-    return found
+    """kube-apiserver, etcd and kubectl, built first if they are not cached yet."""
+    return Binaries.in_dir(_envtest().folder(build=build))
 
 
-def _build(src: Path, out: Path) -> None:
-    go = shutil.which("go")
-    if go is None:
-        raise ToolchainError("Go is not installed; the control plane is built from Go modules")
-    version = _k8s_version(src)
-    ldflags = (
-        f"-s -w -X k8s.io/component-base/version.gitVersion={version} "
-        f"-X k8s.io/component-base/version.gitMajor=1 "
-        f"-X k8s.io/component-base/version.gitMinor={version.split('.')[1]} "
-        f"-X k8s.io/client-go/pkg/version.gitVersion={version}"
-    )
-    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
-    for name, package in PACKAGES.items():
-        started = time.monotonic()
-        _log(f"building {name} from {package} (cached after the first time) ...")
-        tmp = out / f".{name}.tmp"
-        subprocess.run(
-            [go, "build", "-ldflags", ldflags, "-o", str(tmp), package],
-            cwd=src,
-            env=env,
-            check=True,
-        )
-        tmp.rename(out / name)
-        _log(f"built {name} in {time.monotonic() - started:.0f}s")
+def ensure_vault(*, build: bool = True) -> Path:
+    """The ``vault`` server binary, built first if it is not cached yet."""
+    return vault_tools().folder(build=build) / "vault"
 
 
 def main() -> None:
-    found = ensure_binaries()
-    print(found.kube_apiserver.parent)
+    which = sys.argv[1] if len(sys.argv) > 1 else "envtest"
+    if which == "vault":
+        print(ensure_vault().parent)
+    else:
+        print(ensure_binaries().kube_apiserver.parent)
 
 
 if __name__ == "__main__":
