@@ -55,10 +55,6 @@ if ! command -v go >/dev/null; then
   log "Go is required to build the local control plane (apt-get install golang-go, or go.dev)"
   exit 1
 fi
-ENVTEST_BIN="$("$PY" -m keyrotor.testing.toolchain envtest)"
+ENVTEST_BIN="$("$PY" -m keyrotor.testing.toolchain)"
 export KEYROTOR_ENVTEST_BIN="$ENVTEST_BIN"
 export PATH="$ENVTEST_BIN:$PATH"
-if [ "${KEYROTOR_NEEDS_VAULT:-1}" = 1 ]; then
-  KEYROTOR_VAULT_BIN="$("$PY" -m keyrotor.testing.toolchain vault)"
-  export KEYROTOR_VAULT_BIN
-fi

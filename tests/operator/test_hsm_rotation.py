@@ -47,3 +47,38 @@ def test_hsm_rotation_destroys_the_old_key_on_the_token(
     assert base64.b64decode(secret["data"]["current.pub"]).startswith(b"-----BEGIN PUBLIC KEY")
     assert (operator.metric("keyrotor_backend_requests_total", backend="hsm",
                             operation="destroy") or 0) >= 1
+
+
+def test_hsm_credentials_gone_mid_rotation_then_back(
+    softhsm: SoftHsmToken, control_plane: ControlPlane, kapi: KubeApi, namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    """The PIN disappears right after a version number is allocated: nothing is generated,
+    nothing revoked, Degraded says why; the rotation completes once the PIN is back."""
+    prefix = f"op-{namespace}-out"
+    operator.stop()
+    operator.phase_pause = 1.0
+    operator.start()
+    pin = ("create", "secret", "generic", "hsm-pin", "-n", namespace,
+           f"--from-literal=pin={softhsm.pin}")
+    control_plane.kubectl(*pin)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
+        "aes", rotation={"minOverlap": "1s"},
+        generator={"hsm": {"module": softhsm.module, "tokenLabel": softhsm.label,
+                           "pinSecretRef": {"name": "hsm-pin"}, "labelPrefix": prefix}}))
+    wait_status(kapi, namespace, "aes", lambda s: s.get("currentVersion") == 1)
+    kapi.annotate_rotating_secret(namespace, "aes", "keyrotor.io/rotate", "gone")
+    wait_status(kapi, namespace, "aes", lambda s: s.get("phase") == "Generating")
+    control_plane.kubectl("delete", "secret", "hsm-pin", "-n", namespace)
+    status = wait_status(kapi, namespace, "aes",
+                         lambda s: condition(s, "Degraded").get("status") == "True")
+    assert "hsm-pin" in condition(status, "Degraded")["message"]
+    assert status["phase"] == "Generating" and status["currentVersion"] == 1
+    assert labels_on_token(softhsm) & {f"{prefix}-v1", f"{prefix}-v2"} == {f"{prefix}-v1"}
+    control_plane.kubectl(*pin)
+    status = wait_status(kapi, namespace, "aes", lambda s: s.get("rotationCount") == 1,
+                         timeout=60)
+    assert status["currentVersion"] == 2 and status["latestVersion"] == 2
+    assert condition(status, "Degraded")["status"] == "False"
+    labels = labels_on_token(softhsm)
+    assert f"{prefix}-v2" in labels and f"{prefix}-v1" not in labels
