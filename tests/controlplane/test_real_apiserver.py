@@ -114,20 +114,21 @@ def test_kubectl_apply_validates_against_the_schema(
 def test_watch_sees_changes(kube: client.ApiClient, widget_crd: None, namespace: str) -> None:
     api = client.CustomObjectsApi(kube)
     seen: list[tuple[str, int]] = []
-    started = threading.Event()
+    # Watch from a known resourceVersion: every change after it is delivered, however late
+    # the watch connection is made.
+    since = api.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                              PLURAL)["metadata"]["resourceVersion"]
 
     def watcher() -> None:
         w = watch.Watch()
-        started.set()
         for event in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, namespace,
-                              PLURAL, timeout_seconds=20):
+                              PLURAL, resource_version=since, timeout_seconds=20):
             seen.append((event["type"], event["object"]["spec"]["size"]))
             if event["type"] == "MODIFIED":
                 w.stop()
 
     thread = threading.Thread(target=watcher, daemon=True)
     thread.start()
-    started.wait(5)
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, widget("w1", 1))
     api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "w1",
                                        {"spec": {"size": 2}})

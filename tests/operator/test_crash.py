@@ -21,12 +21,14 @@ BOUNDARIES = ("Generating", "VerifyingAcceptance", "Promoting", "VerifyingRetire
 
 
 def kill_when_phase(kube: client.ApiClient, namespace: str, name: str, phase: str,
-                    operator: OperatorProcess, after_version: int) -> None:
-    """Watch the RotatingSecret; SIGKILL the operator as soon as ``phase`` is persisted."""
+                    operator: OperatorProcess, after_version: int, since: str) -> None:
+    """Watch the RotatingSecret from resourceVersion ``since`` (so no change is missed, however
+    late the watch connects); SIGKILL the operator as soon as ``phase`` is persisted."""
     api = client.CustomObjectsApi(kube)
     w = watch.Watch()
     for event in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, namespace,
-                          PLURAL, field_selector=f"metadata.name={name}", timeout_seconds=60):
+                          PLURAL, field_selector=f"metadata.name={name}",
+                          resource_version=since, timeout_seconds=60):
         status = event["object"].get("status") or {}
         if status.get("phase") == phase and (status.get("latestVersion") or 0) > after_version:
             operator.kill()
@@ -53,10 +55,13 @@ async def test_sigkill_at_every_phase_boundary(
     try:
         await await_status(kapi, namespace, "crashy", lambda s: s.get("currentVersion") == 1)
         for rotation, phase in enumerate(BOUNDARIES, start=1):
+            obj = kapi.get_rotating_secret(namespace, "crashy")
+            assert obj is not None
+            since = obj["metadata"]["resourceVersion"]
             kapi.annotate_rotating_secret(namespace, "crashy", "keyrotor.io/rotate",
                                           f"crash-{rotation}")
             await asyncio.to_thread(kill_when_phase, kube, namespace, "crashy", phase, operator,
-                                    rotation)
+                                    rotation, since)
             operator.start()
             await await_status(
                 kapi, namespace, "crashy",
