@@ -93,21 +93,29 @@ class SecretWitness:
             if not self.currents or self.currents[-1] != int(current):
                 self.currents.append(int(current))
 
-    def _run(self) -> None:
+    def _run(self, since: str) -> None:
         core = client.CoreV1Api(self.api)
         while not self._stop.is_set():
             w = watch.Watch()
+            # From a known resourceVersion, resumed where the last stream stopped: no change
+            # of the Secret is missed.
             for event in w.stream(core.list_namespaced_secret, self.namespace,
                                   field_selector=f"metadata.name={self.name}",
-                                  timeout_seconds=2):
+                                  resource_version=since, timeout_seconds=2):
                 obj = event["raw_object"]
+                since = obj["metadata"]["resourceVersion"]
                 if event["type"] in ("ADDED", "MODIFIED"):
                     self._see(obj)
                 if self._stop.is_set():
                     w.stop()
 
     def start(self) -> SecretWitness:
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        listed = client.CoreV1Api(self.api).list_namespaced_secret(
+            self.namespace, field_selector=f"metadata.name={self.name}")
+        for item in listed.items:
+            self._see(self.api.sanitize_for_serialization(item))
+        since = listed.metadata.resource_version
+        self._thread = threading.Thread(target=self._run, args=(since,), daemon=True)
         self._thread.start()
         return self
 
