@@ -14,6 +14,7 @@ from kubernetes import client, config
 
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.softhsm import SoftHsmToken, init_token
+from keyrotor.testing.vaultserver import VaultServer
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,10 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
     else:
         os.environ["SOFTHSM2_CONF"] = previous
 
+
+
+@pytest.fixture(scope="session")
+def vault() -> Iterator[VaultServer]:
+    """A real Vault API server (file storage, so it survives a restart), one per run."""
+    with VaultServer() as server:
+        yield server

@@ -58,3 +58,7 @@ fi
 ENVTEST_BIN="$("$PY" -m keyrotor.testing.toolchain)"
 export KEYROTOR_ENVTEST_BIN="$ENVTEST_BIN"
 export PATH="$ENVTEST_BIN:$PATH"
+if [ "${KEYROTOR_NEEDS_VAULT:-1}" = 1 ]; then
+  KEYROTOR_VAULT_BIN="$("$PY" -m keyrotor.testing.toolchain vault)"
+  export KEYROTOR_VAULT_BIN
+fi

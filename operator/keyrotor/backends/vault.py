@@ -112,13 +112,25 @@ class VaultKV:
             return 0
         return int(meta["data"]["current_version"])
 
+    @property
+    def _owner(self) -> str:
+        return f"{self.ctx.namespace}/{self.ctx.name}"
+
     def _read_version(self, version: int) -> bytes:
         kv = self.client().secrets.kv.v2
         with measured("vault", "kv.read"):
             got = kv.read_secret_version(self._kv["path"], version=version,
                                          mount_point=self._kv.get("mount", "secret"),
                                          raise_on_deleted_version=True)
-        return str(got["data"]["data"]["value"]).encode()
+        data = got["data"]["data"]
+        # Each value carries who wrote it: a replay only ever takes back keyrotor's own write.
+        if data.get("keyrotor-owner") != self._owner or \
+                data.get("keyrotor-version") != str(version):
+            raise BackendConflict(
+                f"KV {self._kv.get('mount', 'secret')}/{self._kv['path']} version {version} "
+                f"was not written by RotatingSecret {self._owner}; point "
+                "spec.generator.vault.kv.path at a path only keyrotor writes")
+        return str(data["value"]).encode()
 
     def generate(self, version: int) -> Material:
         with _translated(self.spec["address"]):
@@ -139,7 +151,9 @@ class VaultKV:
         try:
             with measured("vault", "kv.write"):
                 self.client().secrets.kv.v2.create_or_update_secret(
-                    path, secret={"value": value.decode()}, cas=version - 1, mount_point=mount)
+                    path, secret={"value": value.decode(), "keyrotor-version": str(version),
+                                  "keyrotor-owner": self._owner},
+                    cas=version - 1, mount_point=mount)
         except vault_errors.InvalidRequest as exc:
             raise BackendConflict(f"KV {mount}/{path}: check-and-set for version {version} "
                                   f"failed ({exc.errors}); another writer changed it") from None
@@ -218,8 +232,11 @@ class VaultTransit:
         with _translated(self.spec["address"]):
             transit = self.client().secrets.transit
             with measured("vault", "transit.update_key"):
-                transit.update_key_configuration(key, min_decryption_version=keep_from,
-                                                 mount_point=mount)
+                # Trimming needs both floors set; encryption uses the current version only.
+                # (Posted directly: hvac's own check wrongly rejects equal floors.)
+                self.client().adapter.post(f"/v1/{mount}/keys/{key}/config", json={
+                    "min_decryption_version": keep_from,
+                    "min_encryption_version": version + 1})
             with measured("vault", "transit.trim_key"):
                 transit.trim_key(key, min_version=keep_from, mount_point=mount)
 

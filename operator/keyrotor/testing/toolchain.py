@@ -3,13 +3,14 @@
 These machines reach the Go module proxy but cannot download release binaries, so each server
 is built from its Go module by a small wrapper module in this repository:
 
-* ``tests/envtest``: ``kube-apiserver`` and ``kubectl`` (k8s.io/kubernetes) and ``etcd``.
+* ``tests/envtest``: ``kube-apiserver`` and ``kubectl`` (k8s.io/kubernetes) and ``etcd``;
+* ``tests/vault``: ``vault``, the Vault API server for the Vault/OpenBao backend tests.
 
 A build is keyed by a hash of the wrapper's ``go.mod`` and ``go.sum``, so it happens once per
 change of the wrapper and is shared by every checkout on the machine. Binaries land in
 ``$KEYROTOR_CACHE/<set>/<hash>/`` (default ``~/.cache/keyrotor``); Go's module and build caches
-stay wherever Go keeps them, outside the repository. ``KEYROTOR_ENVTEST_BIN`` points at a
-folder of prebuilt binaries and skips the build.
+stay wherever Go keeps them, outside the repository. ``KEYROTOR_ENVTEST_BIN`` and
+``KEYROTOR_VAULT_BIN`` point at folders of prebuilt binaries and skip the build.
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def _envtest() -> GoTools:
     )
 
 
+def vault_tools() -> GoTools:
+    return GoTools(name="vault", source=repo_root() / "tests" / "vault",
+                   bin_env="KEYROTOR_VAULT_BIN",
+                   packages={"vault": "github.com/hashicorp/vault"})
+
+
 @dataclass(frozen=True)
 class Binaries:
     kube_apiserver: Path
@@ -146,8 +153,16 @@ def ensure_binaries(*, build: bool = True) -> Binaries:
     return Binaries.in_dir(_envtest().folder(build=build))
 
 
+def ensure_vault(*, build: bool = True) -> Path:
+    """The ``vault`` server binary, built first if it is not cached yet."""
+    return vault_tools().folder(build=build) / "vault"
+
+
 def main() -> None:
-    print(ensure_binaries().kube_apiserver.parent)
+    if sys.argv[1:] == ["vault"]:
+        print(ensure_vault().parent)
+    else:
+        print(ensure_binaries().kube_apiserver.parent)
 
 
 if __name__ == "__main__":

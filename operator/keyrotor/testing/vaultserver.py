@@ -1,0 +1,124 @@
+"""A real Vault API server on loopback, for tests and demos of the Vault/OpenBao backend.
+
+Not the in-memory ``-dev`` mode: the server keeps its data in a file backend in a temporary
+directory, so it can be stopped in the middle of a rotation and started again with everything
+intact (it comes back sealed and is unsealed with the key from its initialisation). KV v2 is
+mounted at ``secret/`` and Transit at ``transit/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import hvac
+import requests
+
+from keyrotor.testing.controlplane import _die_with_parent, free_port
+from keyrotor.testing.toolchain import ensure_vault
+
+
+class VaultServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class VaultServer:
+    binary: Path | None = None
+    startup_timeout: float = 60.0
+    port: int = field(default_factory=free_port)
+    workdir: Path = field(init=False)
+    root_token: str = field(init=False, default="")
+    unseal_key: str = field(init=False, default="")
+    proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        return hvac.Client(url=self.address, token=token or self.root_token, timeout=10)
+
+    def __enter__(self) -> VaultServer:
+        self.workdir = Path(tempfile.mkdtemp(prefix="keyrotor-vault-"))
+        self.binary = self.binary or ensure_vault()
+        (self.workdir / "config.hcl").write_text(
+            f'storage "file" {{ path = "{self.workdir / "data"}" }}\n'
+            f'listener "tcp" {{ address = "127.0.0.1:{self.port}"\n tls_disable = true }}\n'
+            f'disable_mlock = true\napi_addr = "{self.address}"\nui = false\n')
+        try:
+            self.start()
+            self._initialise()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start(self) -> None:
+        """Start (or restart) the server and unseal it if it was initialised before."""
+        assert self.binary is not None
+        log = open(self.workdir / "vault.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [str(self.binary), "server", f"-config={self.workdir / 'config.hcl'}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+            env={**os.environ, "HOME": str(self.workdir), "VAULT_LOG_LEVEL": "warn"})
+        log.close()
+        self._wait(lambda: self._health() is not None, "the listener")
+        if self.unseal_key:
+            self.client().sys.submit_unseal_key(self.unseal_key)
+            self._wait(lambda: self._health() == 200, "unsealed and active")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def _health(self) -> int | None:
+        try:
+            return requests.get(f"{self.address}/v1/sys/health", timeout=1).status_code
+        except requests.RequestException:
+            return None
+
+    def _wait(self, check: object, what: str) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = (self.workdir / "vault.log").read_text(errors="replace")[-3000:]
+                raise VaultServerError(f"vault exited with {self.proc.returncode}:\n{tail}")
+            if check():
+                return
+            time.sleep(0.1)
+        raise VaultServerError(f"vault not {what} within {self.startup_timeout:.0f}s")
+
+    def _initialise(self) -> None:
+        result = hvac.Client(url=self.address).sys.initialize(secret_shares=1,
+                                                              secret_threshold=1)
+        self.root_token, self.unseal_key = result["root_token"], result["keys"][0]
+        self.client().sys.submit_unseal_key(self.unseal_key)
+        self._wait(lambda: self._health() == 200, "unsealed and active")
+        client = self.client()
+        client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+        client.sys.enable_secrets_engine("transit", path="transit")

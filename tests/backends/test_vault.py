@@ -1,0 +1,95 @@
+"""The Vault backends (KV v2 and Transit) against a real Vault server."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hvac import exceptions as vault_errors
+
+from keyrotor.backends import BackendConflict, BackendUnavailable, Context
+from keyrotor.backends import vault as vault_backend
+from keyrotor.testing.vaultserver import VaultServer
+
+
+def ctx(token: str) -> Context:
+    def read(name: str, key: str) -> bytes:
+        assert (name, key) == ("vault-token", "token")
+        return token.encode()
+
+    return Context(namespace="ns", name="rs", read_secret_key=read)
+
+
+def spec(server: VaultServer, **kind: object) -> dict[str, object]:
+    return {"address": server.address, "auth": {"tokenSecretRef": {"name": "vault-token"}},
+            **kind}
+
+
+def test_kv_versions_match_and_revocation_destroys(vault: VaultServer) -> None:
+    path = f"kv-{uuid.uuid4().hex[:8]}"
+    kv = vault_backend.from_spec(spec(vault, kv={"path": path, "length": 24}),
+                                 ctx(vault.root_token), keep_history=0)
+    one = kv.generate(1)[""]
+    assert kv.generate(1)[""] == one  # a replay reads version 1 back, it does not write
+    two = kv.generate(2)[""]
+    assert one != two
+    client = vault.client()
+    meta = client.secrets.kv.v2.read_secret_metadata(path)["data"]
+    assert meta["current_version"] == 2
+    kv.revoke(1)
+    meta = client.secrets.kv.v2.read_secret_metadata(path)["data"]
+    assert meta["versions"]["1"]["destroyed"] is True
+    assert meta["versions"]["2"]["destroyed"] is False
+    with pytest.raises(vault_errors.InvalidPath):
+        client.secrets.kv.v2.read_secret_version(path, version=1,
+                                                 raise_on_deleted_version=True)
+    # Someone else writes the path: keyrotor refuses to clobber and says why.
+    client.secrets.kv.v2.create_or_update_secret(path, secret={"value": "theirs"})
+    with pytest.raises(BackendConflict, match="was not written by RotatingSecret ns/rs"):
+        kv.generate(3)
+    fresh = vault_backend.from_spec(spec(vault, kv={"path": f"{path}-b"}),
+                                    ctx(vault.root_token), keep_history=0)
+    with pytest.raises(BackendConflict, match="is at version 0, keyrotor expected 4"):
+        fresh.generate(5)
+
+
+def test_kv_soft_delete_and_history(vault: VaultServer) -> None:
+    path = f"kv-{uuid.uuid4().hex[:8]}"
+    kv = vault_backend.from_spec(spec(vault, kv={"path": path, "destroy": False}),
+                                 ctx(vault.root_token), keep_history=1)
+    for version in (1, 2, 3):
+        kv.generate(version)
+    kv.revoke(2)  # keepHistory 1: version 2 stays decryptable, version 1 goes
+    versions = vault.client().secrets.kv.v2.read_secret_metadata(path)["data"]["versions"]
+    assert versions["1"]["deletion_time"] != "" and versions["1"]["destroyed"] is False
+    assert versions["2"]["deletion_time"] == ""
+
+
+def test_transit_rotates_in_place_and_trims(vault: VaultServer) -> None:
+    key = f"t-{uuid.uuid4().hex[:8]}"
+    transit = vault_backend.from_spec(spec(vault, transit={"key": key}),
+                                      ctx(vault.root_token), keep_history=0)
+    assert transit.generate(1) == {"": f"transit/{key}".encode(), ".key-version": b"1"}
+    client = vault.client()
+    old = client.secrets.transit.encrypt_data(key, "aGVsbG8=")["data"]["ciphertext"]
+    assert old.startswith("vault:v1:")
+    transit.generate(2)
+    transit.generate(2)  # replay: no second rotation
+    assert client.secrets.transit.read_key(key)["data"]["latest_version"] == 2
+    transit.revoke(1)
+    info = client.secrets.transit.read_key(key)["data"]
+    assert info["min_decryption_version"] == 2
+    assert set(info["keys"]) == {"2"}  # version 1 trimmed: gone from Vault
+    with pytest.raises(vault_errors.InvalidRequest):
+        client.secrets.transit.decrypt_data(key, old)
+
+
+def test_unreachable_and_bad_token(vault: VaultServer) -> None:
+    down = {"address": "http://127.0.0.1:9", "auth": {"tokenSecretRef": {"name": "vault-token"}},
+            "kv": {"path": "x"}}
+    with pytest.raises(BackendUnavailable, match=r"Vault at http://127\.0\.0\.1:9"):
+        vault_backend.from_spec(down, ctx("t"), keep_history=0).generate(1)
+    bad = vault_backend.from_spec(spec(vault, kv={"path": "x"}), ctx("not-a-token"),
+                                  keep_history=0)
+    with pytest.raises(BackendConflict, match="denied the request: check the token's policy"):
+        bad.generate(1)
