@@ -85,22 +85,35 @@ def _translated(address: str) -> Iterator[None]:
 
 
 @dataclass
-class VaultKV:
+class _VaultBackend:
+    """What KV and Transit share: the spec, the login (once, lazily), error translation."""
+
     spec: dict[str, Any]
     ctx: Context
     keep_history: int = 0
-    kind: str = "vault.kv"
     _client: hvac.Client | None = field(default=None, repr=False)
-
-    @property
-    def _kv(self) -> dict[str, Any]:
-        kv: dict[str, Any] = self.spec["kv"]
-        return kv
 
     def client(self) -> hvac.Client:
         if self._client is None:
             self._client = _client(self.spec, self.ctx)
         return self._client
+
+    def generate(self, version: int) -> Material:
+        with _translated(self.spec["address"]):
+            return self._generate(version)
+
+    def _generate(self, version: int) -> Material:
+        raise NotImplementedError
+
+
+@dataclass
+class VaultKV(_VaultBackend):
+    kind: str = "vault.kv"
+
+    @property
+    def _kv(self) -> dict[str, Any]:
+        kv: dict[str, Any] = self.spec["kv"]
+        return kv
 
     def _current_kv_version(self) -> int:
         kv = self.client().secrets.kv.v2
@@ -131,10 +144,6 @@ class VaultKV:
                 f"was not written by RotatingSecret {self._owner}; point "
                 "spec.generator.vault.kv.path at a path only keyrotor writes")
         return str(data["value"]).encode()
-
-    def generate(self, version: int) -> Material:
-        with _translated(self.spec["address"]):
-            return self._generate(version)
 
     def _generate(self, version: int) -> Material:
         mount, path = self._kv.get("mount", "secret"), self._kv["path"]
@@ -175,17 +184,8 @@ class VaultKV:
 
 
 @dataclass
-class VaultTransit:
-    spec: dict[str, Any]
-    ctx: Context
-    keep_history: int = 0
+class VaultTransit(_VaultBackend):
     kind: str = "vault.transit"
-    _client: hvac.Client | None = field(default=None, repr=False)
-
-    def client(self) -> hvac.Client:
-        if self._client is None:
-            self._client = _client(self.spec, self.ctx)
-        return self._client
 
     @property
     def _names(self) -> tuple[str, str]:
@@ -200,10 +200,6 @@ class VaultTransit:
         except vault_errors.InvalidPath:
             return 0
         return int(got["data"]["latest_version"])
-
-    def generate(self, version: int) -> Material:
-        with _translated(self.spec["address"]):
-            return self._generate(version)
 
     def _generate(self, version: int) -> Material:
         mount, key = self._names
