@@ -54,7 +54,8 @@ def kubernetes_auth(control_plane: ControlPlane, crds: None, vault: VaultServer,
 
 
 def kv_value(vault: VaultServer, path: str, version: int) -> str:
-    got = vault.client().secrets.kv.v2.read_secret_version(path, version=version)
+    got = vault.client().secrets.kv.v2.read_secret_version(path, version=version,
+                                                           raise_on_deleted_version=True)
     return str(got["data"]["data"]["value"])
 
 
