@@ -43,7 +43,7 @@ from keyrotor.engine.rotation import probe_due, step
 from keyrotor.engine.schedule import next_rotation_time
 from keyrotor.generators import Generator, Material, from_spec
 from keyrotor.kube import Conflict
-from keyrotor.probes.http import HttpProbe, probe_all
+from keyrotor.probes.http import HttpProbe, Probe, probe_all
 from keyrotor.publishing.secret import Owner, SecretConflict, decode, render
 from keyrotor.publishing.slots import SlotError
 
@@ -65,7 +65,7 @@ class Api(Protocol):
                    message: str) -> None: ...
 
 
-Prober = Callable[[list[HttpProbe], dict[str, str]], Any]
+Prober = Callable[[list[Probe], dict[str, str]], Any]
 
 
 def slot_text(material: Material) -> str:
@@ -75,6 +75,22 @@ def slot_text(material: Material) -> str:
         return main.decode()
     except UnicodeDecodeError:
         return base64.b64encode(main).decode()
+
+
+def _probes(consumers: Any, generator: Generator) -> list[Probe]:
+    probes: list[Probe] = []
+    for consumer in consumers:
+        if consumer.get("http") is not None:
+            probes.append(HttpProbe.from_spec(consumer))
+        elif consumer.get("transit") is not None:
+            from keyrotor.backends.vault import VaultTransit
+            from keyrotor.probes.transit import TransitProbe
+
+            if not isinstance(generator, VaultTransit):
+                raise SpecError(f"spec.consumers[{consumer['name']}].transit",
+                                "a transit round trip needs generator.vault.transit")
+            probes.append(TransitProbe(consumer["name"], generator))
+    return probes
 
 
 @dataclass
@@ -118,7 +134,7 @@ class Reconciler:
                                                                            key))
         keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
         generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
-        probes = [HttpProbe.from_spec(c) for c in spec.get("consumers") or () if c.get("http")]
+        probes = _probes(spec.get("consumers") or (), generator)
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         state = status_io.from_status(body.get("status"))
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
@@ -142,7 +158,7 @@ class Reconciler:
 
     # ---- steps -------------------------------------------------------------------------------
 
-    async def _probe(self, secret_name: str, owner: Owner, probes: list[HttpProbe],
+    async def _probe(self, secret_name: str, owner: Owner, probes: list[Probe],
                      version: int, state: RotationState) -> ProbeRound:
         secret = await asyncio.to_thread(self.api.get_secret, owner.namespace, secret_name)
         slots, _ = decode(secret)
@@ -155,6 +171,7 @@ class Reconciler:
                 ConsumerResult(p.name, False, f"version {version} is not in the Secret")
                 for p in probes))
         values["candidate"] = slot_text(candidate.material)
+        values["candidate_version"] = str(version)
         results = await self.prober(probes, values)
         for r in results:
             outcome = "success" if r.ok else "failure"

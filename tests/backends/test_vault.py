@@ -93,3 +93,23 @@ def test_unreachable_and_bad_token(vault: VaultServer) -> None:
                                   keep_history=0)
     with pytest.raises(BackendConflict, match="denied the request: check the token's policy"):
         bad.generate(1)
+
+
+async def test_transit_round_trip_probe(vault: VaultServer) -> None:
+    from keyrotor.backends.vault import VaultTransit
+    from keyrotor.probes.transit import TransitProbe
+
+    key = f"rt-{uuid.uuid4().hex[:8]}"
+    transit = vault_backend.from_spec(spec(vault, transit={"key": key}),
+                                      ctx(vault.root_token), keep_history=0)
+    assert isinstance(transit, VaultTransit)
+    transit.generate(1)
+    transit.generate(2)
+    probe = TransitProbe("roundtrip", transit)
+    ok = await probe.check(None, {"candidate_version": "2"})
+    assert ok.ok and ok.message == "round trip with version 2 ok"
+    missing = await probe.check(None, {"candidate_version": "3"})
+    assert not missing.ok and "round trip with version 3 failed" in missing.message
+    transit.revoke(1)
+    trimmed = await probe.check(None, {"candidate_version": "1"})
+    assert not trimmed.ok

@@ -37,7 +37,7 @@ CASES = [
     ("unknown key algorithm", {**VALID, "generator": {"keyPair": {"algorithm": "DSA"}}},
      'spec.generator.keyPair.algorithm: Unsupported value: "DSA"'),
     ("consumer without probe", {**VALID, "consumers": [{"name": "api"}]},
-     "each entry of spec.consumers needs a probe: set http"),
+     "each entry of spec.consumers needs exactly one probe: set http, or transit"),
     ("consumer url scheme", {**VALID, "consumers": [{"name": "api", "http": {"url": "ftp://x"}}]},
      "spec.consumers[].http.url must start with http:// or https://"),
     ("duplicate consumers", {**VALID, "consumers": [

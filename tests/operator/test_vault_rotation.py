@@ -95,11 +95,18 @@ def test_transit_rotation(control_plane: ControlPlane, kapi: KubeApi, namespace:
                           f"--from-literal=token={vault.root_token}")
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
         "transit-key", rotation={"minOverlap": "1s"},
+        verification={"interval": "200ms", "successesRequired": 2},
+        consumers=[{"name": "roundtrip", "transit": {}}],
         generator={"vault": {"address": vault.address, "transit": {"key": key},
                              "auth": {"tokenSecretRef": {"name": "vault-token"}}}}))
     wait_status(kapi, namespace, "transit-key", lambda s: s.get("currentVersion") == 1)
     kapi.annotate_rotating_secret(namespace, "transit-key", "keyrotor.io/rotate", "t")
-    wait_status(kapi, namespace, "transit-key", lambda s: s.get("rotationCount") == 1)
+    status = wait_status(kapi, namespace, "transit-key", lambda s: s.get("rotationCount") == 1)
+    # Verified by Vault itself: an encrypt/decrypt round trip with exactly version 2.
+    assert status["consumers"] == [{"name": "roundtrip", "ok": True, "version": 2,
+                                    "message": "round trip with version 2 ok",
+                                    "consecutiveFailures": 0,
+                                    "lastProbeTime": status["consumers"][0]["lastProbeTime"]}]
     info = vault.client().secrets.transit.read_key(key)["data"]
     assert info["latest_version"] == 2 and info["min_decryption_version"] == 2
     assert set(info["keys"]) == {"2"}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -97,7 +98,19 @@ class HttpProbe:
         return ConsumerResult(self.name, False, f"HTTP {status} (expected {expected})")
 
 
-async def probe_all(probes: list[HttpProbe], values: dict[str, str]) -> tuple[ConsumerResult, ...]:
+class Probe(Protocol):
+    """A consumer check: ``values`` holds the slots' texts, ``candidate`` and
+    ``candidate_version``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def check(self, session: aiohttp.ClientSession,
+                    values: dict[str, str]) -> ConsumerResult: ...
+
+
+async def probe_all(probes: Sequence[Probe],
+                    values: dict[str, str]) -> tuple[ConsumerResult, ...]:
     """Probe every consumer concurrently."""
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(p.check(session, values) for p in probes))
