@@ -113,3 +113,45 @@ async def test_transit_round_trip_probe(vault: VaultServer) -> None:
     transit.revoke(1)
     trimmed = await probe.check(None, {"candidate_version": "1"})
     assert not trimmed.ok
+
+
+def test_rewrap_hook_gates_the_floor(vault: VaultServer) -> None:
+    import http.server
+    import json
+    import threading
+
+    calls: list[dict[str, object]] = []
+    answer = {"status": 503}
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(answer["status"])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        key = f"rw-{uuid.uuid4().hex[:8]}"
+        url = f"http://127.0.0.1:{server.server_port}/rewrap"
+        transit = vault_backend.from_spec(
+            spec(vault, transit={"key": key, "rewrapHook": {"url": url}}),
+            ctx(vault.root_token), keep_history=0)
+        transit.generate(1)
+        transit.generate(2)
+        with pytest.raises(BackendUnavailable, match="answered HTTP 503; version 1 stays"):
+            transit.revoke(1)
+        assert vault.client().secrets.transit.read_key(key)["data"][
+            "min_decryption_version"] == 1  # nothing raised while the hook says no
+        answer["status"] = 204
+        transit.revoke(1)
+        assert vault.client().secrets.transit.read_key(key)["data"][
+            "min_decryption_version"] == 2
+        assert calls[-1] == {"key": f"transit/{key}", "retiringVersion": 1,
+                             "currentVersion": 2}
+        assert len(calls) == 2
+    finally:
+        server.shutdown()

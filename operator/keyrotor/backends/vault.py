@@ -220,10 +220,29 @@ class VaultTransit(_VaultBackend):
                     transit.rotate_key(key, mount_point=mount)
         return {"": f"{mount}/{key}".encode(), ".key-version": str(version).encode()}
 
+    def _rewrap(self, old: int, new: int) -> None:
+        """Ask the data owner to rewrap ciphertexts before old versions stop decrypting."""
+        hook = self.spec["transit"].get("rewrapHook")
+        if not hook:
+            return
+        mount, key = self._names
+        try:
+            response = requests.post(hook["url"], json={
+                "key": f"{mount}/{key}", "retiringVersion": old, "currentVersion": new,
+            }, timeout=float(hook.get("timeoutSeconds", 30)))
+        except requests.RequestException as exc:
+            raise BackendUnavailable(f"rewrap hook {hook['url']} unreachable: "
+                                     f"{type(exc).__name__}; version {old} stays "
+                                     "decryptable") from None
+        if not 200 <= response.status_code < 300:
+            raise BackendUnavailable(f"rewrap hook {hook['url']} answered HTTP "
+                                     f"{response.status_code}; version {old} stays decryptable")
+
     def revoke(self, version: int) -> None:
         keep_from = version + 1 - self.keep_history
         if keep_from < 2:
             return
+        self._rewrap(version, version + 1)
         mount, key = self._names
         with _translated(self.spec["address"]):
             transit = self.client().secrets.transit
