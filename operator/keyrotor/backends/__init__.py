@@ -15,6 +15,7 @@ needs a human, and says what to do.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,16 +47,30 @@ class Context:
     read_secret_key: Callable[[str, str], bytes]
 
 
+# At most this many requests to one kind of backend are in flight from one operator at a time,
+# however many RotatingSecrets reconcile at once: with the per-resource backoff and jitter, a
+# hundred failing resources cannot flood a backend that is struggling.
+MAX_CONCURRENT = 4
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slots(backend: str) -> threading.BoundedSemaphore:
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(backend, threading.BoundedSemaphore(MAX_CONCURRENT))
+
+
 @contextmanager
 def measured(backend: str, operation: str) -> Iterator[None]:
-    """Count and time one backend request; count it as an error if it raises."""
-    started = time.perf_counter()
-    metrics.BACKEND_REQUESTS.labels(backend, operation).inc()
-    try:
-        yield
-    except Exception:
-        metrics.BACKEND_ERRORS.labels(backend, operation).inc()
-        raise
-    finally:
-        metrics.BACKEND_DURATION.labels(backend, operation).observe(
-            time.perf_counter() - started)
+    """One backend request: wait for a free slot, count and time it, count errors."""
+    with _slots(backend):
+        started = time.perf_counter()
+        metrics.BACKEND_REQUESTS.labels(backend, operation).inc()
+        try:
+            yield
+        except Exception:
+            metrics.BACKEND_ERRORS.labels(backend, operation).inc()
+            raise
+        finally:
+            metrics.BACKEND_DURATION.labels(backend, operation).observe(
+                time.perf_counter() - started)
