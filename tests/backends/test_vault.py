@@ -155,3 +155,16 @@ def test_rewrap_hook_gates_the_floor(vault: VaultServer) -> None:
         assert len(calls) == 2
     finally:
         server.shutdown()
+
+
+def test_vault_over_tls_with_ca_bundle() -> None:
+    with VaultServer(tls=True) as server:
+        assert server.address.startswith("https://127.0.0.1:")
+        trusted = vault_backend.from_spec(
+            spec(server, kv={"path": "tls"}, caBundle=server.ca_pem), ctx(server.root_token),
+            keep_history=0)
+        assert len(trusted.generate(1)[""]) == 43
+        untrusted = vault_backend.from_spec(spec(server, kv={"path": "tls"}),
+                                            ctx(server.root_token), keep_history=0)
+        with pytest.raises(BackendUnavailable, match=r"Vault at https://.*: SSLError"):
+            untrusted.generate(2)

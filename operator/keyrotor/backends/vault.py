@@ -15,6 +15,7 @@ held in memory only and never logged.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,11 +46,16 @@ def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
         raise SpecError("spec.generator.vault.address", "required, e.g. https://vault:8200")
     verify: bool | str = True
     if spec.get("caBundle"):
-        # requests wants a file; a private temporary one per client, readable by us only.
-        handle, ca_path = tempfile.mkstemp(prefix="keyrotor-vault-ca-", suffix=".pem")
-        with os.fdopen(handle, "w") as out:
-            out.write(spec["caBundle"])
-        verify = ca_path
+        # requests wants a file. One per distinct bundle (named by its hash), written once:
+        # reconciles come and go, the files do not pile up. CA certificates are public.
+        pem = spec["caBundle"].encode()
+        ca_path = Path(tempfile.gettempdir()) / \
+            f"keyrotor-vault-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+        if not ca_path.is_file():
+            tmp = ca_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pem)
+            tmp.replace(ca_path)
+        verify = str(ca_path)
     client = hvac.Client(url=address, verify=verify, timeout=10)
     auth = spec.get("auth") or {}
     with measured("vault", "login"):

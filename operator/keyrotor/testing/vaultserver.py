@@ -22,7 +22,7 @@ from types import TracebackType
 import hvac
 import requests
 
-from keyrotor.testing.controlplane import _die_with_parent, free_port
+from keyrotor.testing.controlplane import _ca_and_serving_cert, _die_with_parent, free_port
 from keyrotor.testing.toolchain import ensure_vault
 
 
@@ -33,6 +33,7 @@ class VaultServerError(RuntimeError):
 @dataclass
 class VaultServer:
     binary: Path | None = None
+    tls: bool = False  # serve https with a certificate from a CA made here (``ca_pem``)
     startup_timeout: float = 60.0
     port: int = field(default_factory=free_port)
     workdir: Path = field(init=False)
@@ -42,17 +43,31 @@ class VaultServer:
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> str:
+        return (self.workdir / "ca.crt").read_text()
+
+    @property
+    def _verify(self) -> str | bool:
+        return str(self.workdir / "ca.crt") if self.tls else True
 
     def client(self, token: str | None = None) -> hvac.Client:
-        return hvac.Client(url=self.address, token=token or self.root_token, timeout=10)
+        return hvac.Client(url=self.address, token=token or self.root_token, timeout=10,
+                           verify=self._verify)
 
     def __enter__(self) -> VaultServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="keyrotor-vault-"))
         self.binary = self.binary or ensure_vault()
+        if self.tls:
+            _, cert, key = _ca_and_serving_cert(self.workdir)
+            listener_tls = f'tls_cert_file = "{cert}"\n tls_key_file = "{key}"'
+        else:
+            listener_tls = "tls_disable = true"
         (self.workdir / "config.hcl").write_text(
             f'storage "file" {{ path = "{self.workdir / "data"}" }}\n'
-            f'listener "tcp" {{ address = "127.0.0.1:{self.port}"\n tls_disable = true }}\n'
+            f'listener "tcp" {{ address = "127.0.0.1:{self.port}"\n {listener_tls} }}\n'
             f'disable_mlock = true\napi_addr = "{self.address}"\nui = false\n')
         try:
             self.start()
@@ -97,7 +112,8 @@ class VaultServer:
 
     def _health(self) -> int | None:
         try:
-            return requests.get(f"{self.address}/v1/sys/health", timeout=1).status_code
+            return requests.get(f"{self.address}/v1/sys/health", timeout=1,
+                                verify=self._verify).status_code
         except requests.RequestException:
             return None
 
@@ -114,8 +130,8 @@ class VaultServer:
         raise VaultServerError(f"vault not {what} within {self.startup_timeout:.0f}s")
 
     def _initialise(self) -> None:
-        result = hvac.Client(url=self.address).sys.initialize(secret_shares=1,
-                                                              secret_threshold=1)
+        result = hvac.Client(url=self.address, verify=self._verify).sys.initialize(
+            secret_shares=1, secret_threshold=1)
         self.root_token, self.unseal_key = result["root_token"], result["keys"][0]
         self.client().sys.submit_unseal_key(self.unseal_key)
         self._wait(lambda: self._health() == 200, "unsealed and active")
