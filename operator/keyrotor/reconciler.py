@@ -112,10 +112,8 @@ class Reconciler:
         except Conflict:
             return 0.2  # someone wrote in between: read again and redo, soon
         except (SecretConflict, SpecError, SlotError, BackendError) as exc:
-            reason = exc.reason if isinstance(exc, BackendError) else {
-                SecretConflict: "SecretConflict", SpecError: "InvalidSpec",
-                SlotError: "SecretDrift"}[type(exc)]
-            await self._report_error(body, reason, str(exc))
+            # Each of these carries its condition reason.
+            await self._report_error(body, exc.reason, str(exc))
             # Exponential backoff with jitter: a hundred resources failing on one backend
             # spread their retries out instead of hammering it in step.
             first, ceiling = ERROR_BACKOFF
@@ -143,15 +141,20 @@ class Reconciler:
         probe = None
         version = probe_due(rspec, state, now)
         if version is not None:
-            probe = await self._probe(spec["secretName"], owner, probes, version, state)
+            probe = await self._probe(spec["secretName"], owner, probes, version)
             now = self.clock()
         result = step(rspec, state, now=now, trigger=trigger, probe=probe)
 
         if result.effect is not None:
             await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,
                                     generator)
-        await self._persist(body, result.state, now=now, error=None)
-        await self._report(body, result.state, result.events, result.effect, rspec, probe)
+        # When the current version falls due, computed once: the status shows it only when a
+        # rotation could start (idle, not suspended); the metric always carries it.
+        due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
+                                 since=result.state.current_version_time)
+        shown = None if result.state.rotating or rspec.suspend else due
+        await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
+        await self._report(body, result.state, result.events, result.effect, due)
         if result.state.phase != state.phase:
             return max(result.requeue_after, self.phase_pause)
         return result.requeue_after
@@ -159,7 +162,7 @@ class Reconciler:
     # ---- steps -------------------------------------------------------------------------------
 
     async def _probe(self, secret_name: str, owner: Owner, probes: list[Probe],
-                     version: int, state: RotationState) -> ProbeRound:
+                     version: int) -> ProbeRound:
         secret = await asyncio.to_thread(self.api.get_secret, owner.namespace, secret_name)
         slots, _ = decode(secret)
         values = {slot: slot_text(held.material) for slot, held in slots.filled().items()}
@@ -209,17 +212,12 @@ class Reconciler:
             generator.revoke(effect.version)
 
     async def _persist(self, body: dict[str, Any], state: RotationState, *,
-                       now: datetime.datetime, error: tuple[str, str] | None) -> None:
+                       now: datetime.datetime, error: tuple[str, str] | None,
+                       next_rotation: datetime.datetime | None) -> None:
         meta = body["metadata"]
         old = body.get("status") or {}
         status = status_io.to_status(state)
-        due = None
-        if not state.rotating:
-            rspec = RotationSpec.parse(body.get("spec") or {}) if error is None else None
-            if rspec is not None and not rspec.suspend:
-                due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
-                                         since=state.current_version_time)
-        status["nextRotationTime"] = status_io.ts(due)
+        status["nextRotationTime"] = status_io.ts(next_rotation)
         status["observedGeneration"] = meta.get("generation")
         status["conditions"] = status_io.conditions(
             state, now=now, generation=meta.get("generation"), error=error,
@@ -228,8 +226,8 @@ class Reconciler:
                                 resource_version=meta.get("resourceVersion"))
 
     async def _report(self, body: dict[str, Any], state: RotationState,
-                      events: tuple[Event, ...], effect: Effect | None, rspec: RotationSpec,
-                      probe: ProbeRound | None) -> None:
+                      events: tuple[Event, ...], effect: Effect | None,
+                      due: datetime.datetime | None) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         for event in events:
@@ -243,8 +241,6 @@ class Reconciler:
             if started is not None and state.last_rotation_time is not None:
                 metrics.ROTATION_DURATION.labels(namespace, name).observe(
                     (state.last_rotation_time - started).total_seconds())
-        due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
-                                 since=state.current_version_time)
         metrics.observe_state(namespace, name, state,
                               next_rotation=due.timestamp() if due else None,
                               degraded=state.phase == "Holding")
@@ -259,7 +255,8 @@ class Reconciler:
             (c for c in old.get("conditions") or () if c.get("type") == "Degraded"), {})
         state = status_io.from_status(old)
         try:
-            await self._persist(body, state, now=self.clock(), error=(reason, message))
+            await self._persist(body, state, now=self.clock(), error=(reason, message),
+                                next_rotation=None)
         except Conflict:
             return
         if degraded.get("reason") != reason or degraded.get("message") != message:

@@ -67,6 +67,12 @@ class OperatorProcess:
         log.close()
         wait_for(self.metrics, timeout=30, what="operator metrics endpoint")
 
+    def slow_motion(self, phase_pause: float = 1.0) -> None:
+        """Restart with ``--phase-pause``: each persisted phase lasts at least that long."""
+        self.stop()
+        self.phase_pause = phase_pause
+        self.start()
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last status write, like an OOM kill or a node loss."""
         if self.proc and self.proc.poll() is None:

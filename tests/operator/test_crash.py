@@ -43,9 +43,7 @@ async def test_sigkill_at_every_phase_boundary(
 ) -> None:
     target = SwitchableConsumer()
     url = await target.start()
-    operator.stop()
-    operator.phase_pause = 1.0
-    operator.start()
+    operator.slow_motion(1.0)
     witness = SecretWitness(kube, namespace, "crashy").start()
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
         "crashy", rotation={"minOverlap": "1s", "maxOverlap": "5m"},

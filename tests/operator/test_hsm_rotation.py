@@ -56,9 +56,7 @@ def test_hsm_credentials_gone_mid_rotation_then_back(
     """The PIN disappears right after a version number is allocated: nothing is generated,
     nothing revoked, Degraded says why; the rotation completes once the PIN is back."""
     prefix = f"op-{namespace}-out"
-    operator.stop()
-    operator.phase_pause = 1.0
-    operator.start()
+    operator.slow_motion(1.0)
     pin = ("create", "secret", "generic", "hsm-pin", "-n", namespace,
            f"--from-literal=pin={softhsm.pin}")
     control_plane.kubectl(*pin)

@@ -120,9 +120,7 @@ def test_transit_rotation(control_plane: ControlPlane, kapi: KubeApi, namespace:
 def test_vault_outage_mid_rotation(control_plane: ControlPlane, kapi: KubeApi, namespace: str,
                                    vault: VaultServer, operator: OperatorProcess) -> None:
     path = f"outage/{uuid.uuid4().hex[:8]}"
-    operator.stop()
-    operator.phase_pause = 1.0
-    operator.start()
+    operator.slow_motion(1.0)
     control_plane.kubectl("create", "secret", "generic", "vault-token", "-n", namespace,
                           f"--from-literal=token={vault.root_token}")
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(

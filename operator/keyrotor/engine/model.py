@@ -37,6 +37,8 @@ class Strategy(StrEnum):
 class SpecError(ValueError):
     """The spec passed admission but cannot work; ``field`` names where to look."""
 
+    reason = "InvalidSpec"
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field

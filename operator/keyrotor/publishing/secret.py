@@ -46,6 +46,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "keyrotor"}
 class SecretConflict(RuntimeError):
     """The Secret exists and belongs to someone else; the message says how to fix it."""
 
+    reason = "SecretConflict"
+
 
 @dataclass(frozen=True)
 class Owner:

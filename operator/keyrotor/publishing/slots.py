@@ -23,6 +23,8 @@ M = TypeVar("M")
 class SlotError(RuntimeError):
     """The slots are not in a state the effect can apply to (e.g. edited by hand)."""
 
+    reason = "SecretDrift"
+
 
 @dataclass(frozen=True)
 class Versioned(Generic[M]):
