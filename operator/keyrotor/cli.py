@@ -51,7 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
-        kubeconfig=args.kubeconfig, phase_pause=args.phase_pause)
+        kubeconfig=args.kubeconfig, phase_pause=args.phase_pause,
+        restart_debounce=args.restart_debounce)
     return 0
 
 
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
     p.add_argument("--phase-pause", type=float, default=0.0, metavar="SECONDS",
                    help="slow motion for demos and crash tests: stay this long in each phase")
+    p.add_argument("--restart-debounce", type=float, default=None, metavar="SECONDS",
+                   help="rollout restarts of one workload requested within this window are "
+                        "merged into one (default 10)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="a table of every RotatingSecret and its rotation")

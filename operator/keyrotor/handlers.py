@@ -21,12 +21,15 @@ import kopf
 from keyrotor import metrics
 from keyrotor.kube import GROUP, PLURAL, VERSION, KubeApi, load_client
 from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
+from keyrotor.restarts import DEFAULT_WINDOW, Restarter
 
 log = logging.getLogger("keyrotor")
 PHASE_PAUSE = 0.0  # set by ``keyrotor run --phase-pause``
+RESTART_WINDOW = DEFAULT_WINDOW  # set by ``keyrotor run --restart-debounce``
 WAKEUPS: dict[str, asyncio.Event] = {}
 LAST_SEEN: dict[str, tuple[Any, Any]] = {}
 _api: KubeApi | None = None
+_restarter: Restarter | None = None
 
 
 def api() -> KubeApi:
@@ -34,6 +37,13 @@ def api() -> KubeApi:
     if _api is None:
         _api = KubeApi(load_client())
     return _api
+
+
+def restarter() -> Restarter:
+    global _restarter
+    if _restarter is None:
+        _restarter = Restarter(api(), window=RESTART_WINDOW)
+    return _restarter
 
 
 @kopf.on.startup()
@@ -52,7 +62,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def rotation_loop(namespace: str | None, name: str, uid: str,
                         stopped: kopf.DaemonStopped, **_: Any) -> None:
     assert namespace is not None, "RotatingSecret is namespaced"
-    reconciler = Reconciler(api=api(), phase_pause=PHASE_PAUSE)
+    reconciler = Reconciler(api=api(), phase_pause=PHASE_PAUSE, restarter=restarter())
     wake = WAKEUPS.setdefault(uid, asyncio.Event())
     while not stopped:
         wake.clear()

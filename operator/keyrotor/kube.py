@@ -11,7 +11,7 @@ import datetime
 import json
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -49,6 +49,7 @@ class KubeApi:
         # Typed as Any: keyrotor passes plain dicts where the generated stubs expect models.
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
+        self.apps: Any = client.AppsV1Api(api)
 
     # ---- RotatingSecrets -------------------------------------------------------------------
 
@@ -125,6 +126,27 @@ class KubeApi:
                      patch: dict[str, Any] | list[dict[str, Any]]) -> None:
         """A strategic merge patch (a dict) or a JSON patch (a list of operations)."""
         self.core.patch_namespaced_secret(name, namespace, patch)
+
+    # ---- workloads (rollout restarts) -------------------------------------------------------
+
+    _WORKLOADS: ClassVar[dict[str, str]] = {
+        "Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
+
+    def get_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        read = getattr(self.apps, f"read_namespaced_{self._WORKLOADS[kind]}")
+        try:
+            return _json(read(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def annotate_pod_template(self, namespace: str, kind: str, name: str,
+                              annotations: dict[str, str]) -> None:
+        """One merge patch of the pod template's annotations: one new rollout."""
+        patch = getattr(self.apps, f"patch_namespaced_{self._WORKLOADS[kind]}")
+        patch(name, namespace,
+              {"spec": {"template": {"metadata": {"annotations": annotations}}}})
 
     # ---- Events ------------------------------------------------------------------------------
 

@@ -30,14 +30,17 @@ from keyrotor import metrics
 from keyrotor import status as status_io
 from keyrotor.backends import BackendError, Context
 from keyrotor.engine.model import (
+    Activate,
     ConsumerResult,
     Effect,
     Event,
+    Issue,
     ProbeRound,
     Revoke,
     RotationSpec,
     RotationState,
     SpecError,
+    Stage,
 )
 from keyrotor.engine.rotation import probe_due, step
 from keyrotor.engine.schedule import next_rotation_time
@@ -46,6 +49,9 @@ from keyrotor.kube import Conflict
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
 from keyrotor.publishing.secret import Owner, SecretConflict, decode, render
 from keyrotor.publishing.slots import SlotError
+from keyrotor.restarts import Restarter
+from keyrotor.targets import Target
+from keyrotor.targets import from_spec as target_from_spec
 
 log = logging.getLogger("keyrotor.reconciler")
 TRIGGER_ANNOTATION = "keyrotor.io/rotate"
@@ -77,11 +83,26 @@ def slot_text(material: Material) -> str:
         return base64.b64encode(main).decode()
 
 
-def _probes(consumers: Any, generator: Generator) -> list[Probe]:
+def _probes(consumers: Any, generator: Generator, target: Target | None) -> list[Probe]:
     probes: list[Probe] = []
     for consumer in consumers:
         if consumer.get("http") is not None:
             probes.append(HttpProbe.from_spec(consumer))
+        elif consumer.get("prometheus") is not None:
+            from keyrotor.probes.prometheus import PrometheusProbe
+
+            probes.append(PrometheusProbe.from_spec(consumer))
+        elif consumer.get("postgres") is not None:
+            from keyrotor.probes.postgres import PostgresProbe
+
+            probes.append(PostgresProbe.from_spec(consumer))
+        elif consumer.get("target") is not None:
+            from keyrotor.probes.target import TargetProbe
+
+            if target is None:
+                raise SpecError(f"spec.consumers[{consumer['name']}].target",
+                                "asks the target, but spec.target is not set")
+            probes.append(TargetProbe(consumer["name"], target))
         elif consumer.get("transit") is not None:
             from keyrotor.backends.vault import VaultTransit
             from keyrotor.probes.transit import TransitProbe
@@ -101,6 +122,8 @@ class Reconciler:
     errors_in_a_row: int = 0
     # Slow motion for demos and crash tests: stay at least this long in each new phase.
     phase_pause: float = 0.0
+    # Shared by every reconciler of one operator, so restarts of one workload coalesce.
+    restarter: Restarter | None = None
 
     async def reconcile(self, namespace: str, name: str) -> float:
         """Reconcile once; return the seconds after which the next reconcile is due."""
@@ -132,7 +155,8 @@ class Reconciler:
                                                                            key))
         keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
         generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
-        probes = _probes(spec.get("consumers") or (), generator)
+        target = target_from_spec(spec.get("target"), ctx)
+        probes = _probes(spec.get("consumers") or (), generator, target)
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         state = status_io.from_status(body.get("status"))
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
@@ -141,13 +165,14 @@ class Reconciler:
         probe = None
         version = probe_due(rspec, state, now)
         if version is not None:
-            probe = await self._probe(spec["secretName"], owner, probes, version)
+            restarts = [] if state.next is not None else spec.get("rolloutRestartTargets") or []
+            probe = await self._probe(spec["secretName"], owner, probes, version, restarts)
             now = self.clock()
         result = step(rspec, state, now=now, trigger=trigger, probe=probe)
 
         if result.effect is not None:
             await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,
-                                    generator)
+                                    generator, target)
         # When the current version falls due, computed once: the status shows it only when a
         # rotation could start (idle, not suspended); the metric always carries it.
         due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
@@ -162,7 +187,7 @@ class Reconciler:
     # ---- steps -------------------------------------------------------------------------------
 
     async def _probe(self, secret_name: str, owner: Owner, probes: list[Probe],
-                     version: int) -> ProbeRound:
+                     version: int, restarts: list[dict[str, Any]]) -> ProbeRound:
         secret = await asyncio.to_thread(self.api.get_secret, owner.namespace, secret_name)
         slots, _ = decode(secret)
         values = {slot: slot_text(held.material) for slot, held in slots.filled().items()}
@@ -175,7 +200,17 @@ class Reconciler:
                 for p in probes))
         values["candidate"] = slot_text(candidate.material)
         values["candidate_version"] = str(version)
-        results = await self.prober(probes, values)
+        if slots.previous is not None:
+            values["previous_version"] = str(slots.previous.version)
+        if ".username" in candidate.material:
+            values["candidate_username"] = candidate.material[".username"].decode()
+        results = list(await self.prober(probes, values))
+        for workload in restarts:
+            if self.restarter is None:
+                raise SpecError("spec.rolloutRestartTargets",
+                                "this operator runs without rollout restarts")
+            results.append(await self.restarter.check(owner.namespace, workload, owner.name,
+                                                      version))
         for r in results:
             outcome = "success" if r.ok else "failure"
             metrics.PROBES.labels(owner.namespace, owner.name, r.name, outcome).inc()
@@ -193,11 +228,21 @@ class Reconciler:
         return base64.b64decode(data[key])
 
     def _publish(self, effect: Effect, secret_name: str, owner: Owner,
-                 generator: Generator) -> None:
+                 generator: Generator, target: Target | None) -> None:
+        def make(version: int) -> Material:
+            material = generator.generate(version)
+            if target is None:
+                return material
+            material = target.describe(version, material)
+            # Issue and Stage need the target to accept the version before any consumer
+            # sees it; OneKey's PromoteTo hands it to presenters first (Activate swaps later).
+            if isinstance(effect, (Issue, Stage)):
+                target.activate(version, material)
+            return material
+
         for _ in range(5):
             current = self.api.get_secret(owner.namespace, secret_name)
-            rendered = render(effect, current, name=secret_name, owner=owner,
-                              generate=generator.generate)
+            rendered = render(effect, current, name=secret_name, owner=owner, generate=make)
             try:
                 if rendered is not None:
                     self.api.write_secret(rendered, create=current is None)
@@ -206,10 +251,18 @@ class Reconciler:
                 continue  # re-read; the effect is idempotent
         else:
             raise Conflict(f"Secret {owner.namespace}/{secret_name} kept changing")
+        if isinstance(effect, Activate) and target is not None:
+            slots, _ = decode(self.api.get_secret(owner.namespace, secret_name))
+            if slots.current is None or slots.current.version != effect.version:
+                raise SlotError(f"version {effect.version} is not current in Secret "
+                                f"{secret_name}; refusing to activate it at the target")
+            target.activate(effect.version, slots.current.material)
         if isinstance(effect, Revoke):
             # Out of the Secret first, then out of the backend: no consumer is ever handed a
             # reference to a destroyed key. Replays are harmless (both steps are idempotent).
             generator.revoke(effect.version)
+            if target is not None:
+                target.revoke(effect.version)
 
     async def _persist(self, body: dict[str, Any], state: RotationState, *,
                        now: datetime.datetime, error: tuple[str, str] | None,

@@ -15,7 +15,7 @@ from keyrotor import metrics
 def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         liveness_port: int | None = 8081, log_format: str = "text", verbose: bool = False,
         kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
-        phase_pause: float = 0.0) -> None:
+        phase_pause: float = 0.0, restart_debounce: float | None = None) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
@@ -24,6 +24,8 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
     import keyrotor.handlers  # registers the handlers with kopf
 
     keyrotor.handlers.PHASE_PAUSE = phase_pause
+    if restart_debounce is not None:
+        keyrotor.handlers.RESTART_WINDOW = restart_debounce
 
     if metrics_port:
         metrics.serve(metrics_port)

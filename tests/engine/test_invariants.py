@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from keyrotor import status as status_io
 from keyrotor.engine.model import (
+    Activate,
     ConsumerResult,
     Phase,
     ProbeRound,
@@ -36,6 +37,7 @@ from keyrotor.publishing.slots import Slots, apply
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 CONSUMERS = ("api", "worker")
+ROLLOUT = "Deployment/api"  # a rollout restart target: checked only before revoking
 TICKS = st.sampled_from([0.001, 0.5, 1, 5, 15, 59, 61, 600, 3600, 86400, 30 * 86400])
 
 
@@ -53,16 +55,21 @@ class RotationMachine(RuleBasedStateMachine):
     @initialize(strategy=st.sampled_from(list(Strategy)),
                 consumers=st.sampled_from([(), ("api",), CONSUMERS]),
                 successes=st.integers(1, 4),
-                every=st.sampled_from([None, 60.0, 3600.0, 86400.0]))
+                every=st.sampled_from([None, 60.0, 3600.0, 86400.0]),
+                rollout=st.sampled_from([(), (ROLLOUT,)]),
+                activate_after=st.sampled_from([None, 0.0, 90.0]))
     def setup(self, strategy: Strategy, consumers: tuple[str, ...], successes: int,
-              every: float | None) -> None:
+              every: float | None, rollout: tuple[str, ...],
+              activate_after: float | None) -> None:
         self.now = T0
         self.spec = RotationSpec(strategy=strategy, every=every, min_overlap=600,
                                  max_overlap=3600, interval=15, successes_required=successes,
-                                 consumer_names=consumers)
+                                 consumer_names=consumers, retirement_names=rollout,
+                                 activate_after=activate_after)
         self.persisted: dict[str, object] = {}
         self.slots: Slots[str] = Slots()
-        self.healthy = dict.fromkeys(CONSUMERS, True)
+        self.healthy = dict.fromkeys((*CONSUMERS, ROLLOUT), True)
+        self.activated_at: dict[int, datetime.datetime] = {}
         self.trigger: str | None = None
         self.history = History()
         self.ever_issued = False
@@ -74,7 +81,7 @@ class RotationMachine(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.now += datetime.timedelta(seconds=seconds)
 
-    @rule(name=st.sampled_from(CONSUMERS), ok=st.booleans())
+    @rule(name=st.sampled_from((*CONSUMERS, ROLLOUT)), ok=st.booleans())
     def consumer_health(self, name: str, ok: bool) -> None:
         self.healthy[name] = ok
 
@@ -90,7 +97,8 @@ class RotationMachine(RuleBasedStateMachine):
         self.spec = RotationSpec(
             strategy=self.spec.strategy, every=self.spec.every, suspend=suspend,
             min_overlap=min_overlap, max_overlap=max_overlap, interval=self.spec.interval,
-            successes_required=successes, consumer_names=consumers)
+            successes_required=successes, consumer_names=consumers,
+            retirement_names=self.spec.retirement_names, activate_after=self.spec.activate_after)
 
     # ---- the operator --------------------------------------------------------------------------
 
@@ -103,10 +111,10 @@ class RotationMachine(RuleBasedStateMachine):
         self.history.materials[version] = material
         return material
 
-    def _probe(self, version: int) -> ProbeRound:
+    def _probe(self, version: int, acceptance: bool) -> ProbeRound:
         results = tuple(ConsumerResult(name=n, ok=self.healthy[n],
                                        message="ok" if self.healthy[n] else "HTTP 401")
-                        for n in self.spec.consumer_names)
+                        for n in self.spec.expected(acceptance=acceptance))
         round_ = ProbeRound(version=version, results=results)
         self.history.rounds.append((version, round_.ok))
         return round_
@@ -123,7 +131,7 @@ class RotationMachine(RuleBasedStateMachine):
     def _carry_out(self, crash_after_effect: bool) -> None:
         state = self._state()
         version = probe_due(self.spec, state, self.now)
-        probe = self._probe(version) if version is not None else None
+        probe = self._probe(version, state.next is not None) if version is not None else None
         result = step(self.spec, state, now=self.now, trigger=self.trigger, probe=probe)
         effect = result.effect
         if isinstance(effect, PromoteTo) and not effect.generate and self.spec.consumer_names:
@@ -137,15 +145,29 @@ class RotationMachine(RuleBasedStateMachine):
             promoted = self.history.promoted_at[current.version]
             # Invariant 2 / 6: never revoked before minOverlap, nor while consumers fail.
             assert (self.now - promoted).total_seconds() >= self.spec.min_overlap
-            if self.spec.consumer_names:
+            if self.spec.expected(acceptance=False):
                 assert self._passed_rounds(current.version) >= self.spec.successes_required
+            if self.spec.strategy == Strategy.ONE_KEY and self.spec.activate_after is not None:
+                # The target swapped before the old version was revoked, never after.
+                assert current.version in self.activated_at
             self.revocations.append(effect.version)
+        if isinstance(effect, Activate):
+            assert self.slots.current is not None
+            assert self.slots.current.version == effect.version, "activated before presented"
+            assert self.slots.previous is not None, "activated with no fallback"
+            waited = (self.now - self.history.promoted_at[effect.version]).total_seconds()
+            assert waited >= (self.spec.activate_after or 0.0)
+            self.activated_at.setdefault(effect.version, self.now)
         if effect is not None:
             before = self.slots.current
             self.slots = apply(effect, self.slots, self._generate)
             if self.slots.current is not before and self.slots.current is not None:
                 self.history.promoted_at.setdefault(self.slots.current.version, self.now)
         if crash_after_effect:
+            if probe is not None:
+                # The round was observed but never persisted: the restarted operator cannot
+                # know it, so it does not count against the consecutive rounds either.
+                self.history.rounds.pop()
             return  # the status write never happened
         encoded = status_io.to_status(result.state)
         self.persisted = json.loads(json.dumps(encoded))

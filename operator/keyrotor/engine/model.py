@@ -58,6 +58,15 @@ class RotationSpec:
     successes_required: int = 3
     revocation_delay: float = 0.0
     consumer_names: tuple[str, ...] = ()
+    # Checked only before revoking: the rollout restarts of spec.rolloutRestartTargets.
+    retirement_names: tuple[str, ...] = ()
+    # OneKey with a target: how long presenters get to load the new version before the target
+    # swaps to it (None: there is no target to activate).
+    activate_after: float | None = None
+
+    def expected(self, *, acceptance: bool) -> tuple[str, ...]:
+        """The names whose probe results a verifying phase waits for."""
+        return self.consumer_names if acceptance else self.consumer_names + self.retirement_names
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> RotationSpec:
@@ -85,6 +94,9 @@ class RotationSpec:
             revocation_delay=parse_duration(revocation.get("delay", "0s"),
                                             field="spec.revocation.delay"),
             consumer_names=tuple(c["name"] for c in spec.get("consumers") or ()),
+            retirement_names=tuple(restart_name(t) for t in spec.get("rolloutRestartTargets")
+                                   or ()),
+            activate_after=_activate_after(spec),
         )
         if parsed.every is not None and parsed.schedule is not None:
             raise SpecError("spec.rotation", "set either every or schedule, not both")
@@ -93,6 +105,18 @@ class RotationSpec:
         if parsed.successes_required < 1:
             raise SpecError("spec.verification.successesRequired", "must be at least 1")
         return parsed
+
+
+def restart_name(target: dict[str, Any]) -> str:
+    """How a rollout restart target shows among the consumers: ``Deployment/api``."""
+    return f"{target['kind']}/{target['name']}"
+
+
+def _activate_after(spec: dict[str, Any]) -> float | None:
+    target = spec.get("target")
+    if not target or spec.get("strategy") != Strategy.ONE_KEY:
+        return None
+    return parse_duration(target.get("activateAfter", "90s"), field="spec.target.activateAfter")
 
 
 @dataclass(frozen=True)
@@ -179,13 +203,21 @@ class PromoteTo:
 
 
 @dataclass(frozen=True)
+class Activate:
+    """OneKey with a target: swap the target to ``version`` (already ``current`` in the
+    Secret, so presenters hold it before the target starts to require it)."""
+
+    version: int
+
+
+@dataclass(frozen=True)
 class Revoke:
     """Empty ``previous`` if it still holds ``version``; destroy it in the backend."""
 
     version: int
 
 
-Effect = Issue | Stage | PromoteTo | Revoke
+Effect = Issue | Stage | PromoteTo | Activate | Revoke
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ def _consumers_failing(f: Facts) -> Verdict | None:
 
 
 def _not_yet_verified(f: Facts) -> Verdict | None:
-    if not f.spec.consumer_names:
+    if not f.spec.expected(acceptance=f.state.next is not None):
         return None
     done, needed = f.state.successful_rounds, f.spec.successes_required
     if done < needed:

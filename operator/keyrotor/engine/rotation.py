@@ -21,7 +21,8 @@ The phases (DESIGN.md):
 * TwoKeys: Idle -> Generating -> [Stage] VerifyingAcceptance -> Promoting -> [Promote]
   VerifyingRetirement -> Revoking -> [Revoke] Idle.
 * OneKey: Idle -> Generating -> [Promote, generating the version] VerifyingRetirement ->
-  Revoking -> [Revoke] Idle.
+  Revoking -> [Revoke] Idle. With a target: Promote -> Activating (``activateAfter``, so
+  every presenter holds the new version) -> [Activate] VerifyingRetirement.
 * The very first version: Idle -> Generating -> [Issue] Idle.
 * Holding: a verifying phase whose consumers still fail past ``maxOverlap``. Probing goes on;
   nothing is revoked; it leaves Holding when the consumers recover.
@@ -34,6 +35,7 @@ import datetime
 from keyrotor.engine import policies
 from keyrotor.engine.durations import format_duration
 from keyrotor.engine.model import (
+    Activate,
     ConsumerResult,
     Event,
     Issue,
@@ -55,7 +57,7 @@ VERIFYING = (Phase.VERIFYING_ACCEPTANCE, Phase.VERIFYING_RETIREMENT, Phase.HOLDI
 
 def probe_due(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> int | None:
     """The version the consumers should be probed with now, or None."""
-    if state.phase not in VERIFYING or not spec.consumer_names:
+    if state.phase not in VERIFYING or not spec.expected(acceptance=state.next is not None):
         return None
     last = state.last_probe_time
     if last is not None and (now - last).total_seconds() < spec.interval:
@@ -68,8 +70,10 @@ def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     """Decide what happens next. See the module docstring for how to carry it out."""
     if state.phase == Phase.IDLE or state.phase == Phase.FAILED:
         return _idle(spec, state, now, trigger)
-    if state.phase in (Phase.GENERATING, Phase.STAGING, Phase.ACTIVATING):
+    if state.phase in (Phase.GENERATING, Phase.STAGING):
         return _generate(spec, state, now)
+    if state.phase == Phase.ACTIVATING:
+        return _activate(spec, state, now)
     if state.phase == Phase.PROMOTING:
         return (_reconsider(spec, state, now, Phase.VERIFYING_ACCEPTANCE)
                 or _promote(state, now))
@@ -114,9 +118,14 @@ def _generate(spec: RotationSpec, state: RotationState, now: datetime.datetime) 
                     events=(Event("Normal", "Issued", f"version {version} issued as current"),))
     if spec.strategy == Strategy.ONE_KEY:
         promoted = _promoted(state, version, now)
+        if spec.activate_after is not None:
+            promoted = promoted.evolve(
+                phase=Phase.ACTIVATING,
+                message=f"version {version} is current; the target swaps to it after "
+                        f"{format_duration(spec.activate_after)}")
         return Step(promoted, effect=PromoteTo(version, generate=True), events=(Event(
             "Normal", "Promoted", f"version {version} is current; version {state.current} "
-            "stays as previous for the fallback"),))
+            "stays as previous for the fallback"),), requeue_after=spec.activate_after or 0.0)
     staged = state.evolve(
         phase=Phase.VERIFYING_ACCEPTANCE, phase_start_time=now, successful_rounds=0,
         last_probe_time=None, verified_time=None, consumers=(),
@@ -134,6 +143,22 @@ def _promoted(state: RotationState, version: int, now: datetime.datetime) -> Rot
         message=f"version {version} is current; verifying that version {state.current} "
                 "is retired",
     )
+
+
+def _activate(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:
+    version = state.current
+    assert version is not None, "Activating always follows a promotion"
+    wait = spec.activate_after or 0.0
+    if state.phase_start_time is not None:
+        wait -= (now - state.phase_start_time).total_seconds()
+    if wait > 0:
+        return Step(state, requeue_after=wait)
+    active = state.evolve(
+        phase=Phase.VERIFYING_RETIREMENT, phase_start_time=now,
+        message=f"the target accepts version {version} only; verifying that its failures "
+                "reach zero")
+    return Step(active, effect=Activate(version), events=(Event(
+        "Normal", "Activated", f"the target swapped to version {version}"),))
 
 
 def _promote(state: RotationState, now: datetime.datetime) -> Step:
@@ -185,11 +210,12 @@ def _against_spec(spec: RotationSpec, state: RotationState,
                   now: datetime.datetime) -> RotationState:
     """Probe results count only for the consumers the spec lists now: results of consumers
     that left are dropped, and a consumer that joined voids the rounds counted without it."""
-    kept = tuple(c for c in state.consumers if c.name in spec.consumer_names)
+    names = spec.expected(acceptance=state.next is not None)
+    kept = tuple(c for c in state.consumers if c.name in names)
     state = state.evolve(consumers=kept)
-    if not spec.consumer_names:
+    if not names:
         return state if state.verified_time else state.evolve(verified_time=now)
-    if {c.name for c in kept} != set(spec.consumer_names):
+    if {c.name for c in kept} != set(names):
         return state.evolve(successful_rounds=0, verified_time=None)
     return state
 
@@ -254,7 +280,7 @@ def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
 def _next_wake(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> float:
     """Seconds until something can change: the next probe, or the end of a floor or delay."""
     candidates: list[datetime.datetime] = []
-    if spec.consumer_names:
+    if spec.expected(acceptance=state.next is not None):
         last = state.last_probe_time or now
         candidates.append(last + datetime.timedelta(seconds=spec.interval))
     floors = [

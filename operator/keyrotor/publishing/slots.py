@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from keyrotor.engine.model import Effect, Issue, PromoteTo, Revoke, Stage
+from keyrotor.engine.model import Activate, Effect, Issue, PromoteTo, Revoke, Stage
 
 M = TypeVar("M")
 
@@ -77,6 +77,8 @@ def apply(effect: Effect, slots: Slots[M], generate: Callable[[int], M]) -> Slot
             raise SlotError(f"version {effect.version} is not staged as next "
                             "(was the Secret edited by hand?)")
         return Slots(current=new, next=None, previous=slots.current)
+    if isinstance(effect, Activate):
+        return slots  # happens at the target; the Secret already holds the version
     if isinstance(effect, Revoke):
         if _holds(slots.previous, effect.version):
             return replace(slots, previous=None)
