@@ -37,7 +37,20 @@ CASES = [
     ("unknown key algorithm", {**VALID, "generator": {"keyPair": {"algorithm": "DSA"}}},
      'spec.generator.keyPair.algorithm: Unsupported value: "DSA"'),
     ("consumer without probe", {**VALID, "consumers": [{"name": "api"}]},
-     "each entry of spec.consumers needs exactly one probe: set http, or transit"),
+     "each entry of spec.consumers needs exactly one probe: set http,"),
+    ("prometheus expect not a comparison", {**VALID, "consumers": [{"name": "fleet", "prometheus": {
+        "url": "http://p:9090", "query": "up", "expect": "zero"}}]},
+     "spec.consumers[].prometheus.expect must be a comparison with a number"),
+    ("target probe without target", {**VALID, "consumers": [{"name": "svc", "target": {}}]},
+     "spec.consumers[].target asks spec.target, which is not set"),
+    ("two targets", {**VALID, "target": {"webhook": {"url": "http://w"}, "postgres": {
+        "host": "db", "roles": ["a", "b"], "adminSecretRef": {"name": "pg"}}}},
+     "spec.target must set exactly one of postgres or webhook"),
+    ("same role twice", {**VALID, "target": {"postgres": {
+        "host": "db", "roles": ["a", "a"], "adminSecretRef": {"name": "pg"}}}},
+     "spec.target.postgres.roles must name two different roles"),
+    ("restart unknown kind", {**VALID, "rolloutRestartTargets": [{"kind": "Pod", "name": "x"}]},
+     'spec.rolloutRestartTargets[0].kind: Unsupported value: "Pod"'),
     ("consumer url scheme", {**VALID, "consumers": [{"name": "api", "http": {"url": "ftp://x"}}]},
      "spec.consumers[].http.url must start with http:// or https://"),
     ("duplicate consumers", {**VALID, "consumers": [
