@@ -10,6 +10,10 @@ Mount the Secret keyrotor owns as a volume and point :class:`RotatingSecret` at 
   rejects ``current`` (the OneKey strategy: presenters get the new key before the target).
 * :meth:`RotatingSecret.sign` / :meth:`RotatingSecret.verify_signature` are HMAC-SHA256
   helpers on the same slots.
+* For key pairs with JWKs, :meth:`RotatingSecret.sign_jwt` signs with ``current``'s private
+  JWK and names it by ``kid``; :meth:`RotatingSecret.verify_jwt` picks the key from
+  ``jwks.json`` by the token's ``kid``, so tokens signed before a promotion keep verifying
+  while the old key is ``previous``.
 
 Hot reload: kubelet updates a mounted Secret by writing a new timestamped folder and swapping
 the ``..data`` symlink atomically. The client notices the swap with one ``readlink`` (at most
@@ -21,13 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from jwcrypto import jwk, jws, jwt
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 SLOTS = ("current", "next", "previous")
@@ -81,6 +87,7 @@ class RotatingSecret:
         self._marker: str | None = None
         self._checked = float("-inf")
         self._slots: dict[str, bytes] = {}
+        self._files: dict[str, bytes] = {}
         self._load()
 
     # ---- loading -----------------------------------------------------------------------------
@@ -97,20 +104,24 @@ class RotatingSecret:
         if not self.path.is_dir():
             raise SecretError(f"{self.path} does not exist: mount the Secret keyrotor owns "
                               "there (volumes[].secret.secretName and volumeMounts[].mountPath)")
-        marker = self._current_marker()
-        slots = {}
-        for slot in SLOTS:
-            file = self.path / slot
-            if file.is_file():
-                slots[slot] = file.read_bytes()
+        for _ in range(10):
+            marker = self._current_marker()
+            try:
+                files = {p.name: p.read_bytes() for p in self.path.iterdir()
+                         if not p.name.startswith("..") and p.is_file()}
+            except FileNotFoundError:
+                continue  # kubelet deleted the old folder while we read it: read again
+            if marker == self._current_marker():
+                break
+        else:
+            raise SecretError(f"{self.path} kept changing while being read")
+        slots = {slot: files[slot] for slot in SLOTS if slot in files}
         if "current" not in slots:
             raise SecretError(f"{self.path} has no 'current' key: is this a Secret keyrotor "
                               "owns, and has its RotatingSecret issued a version yet?")
-        if marker != self._current_marker():
-            return self._load()  # swapped while reading: read the new state instead
         if self._marker is not None and marker != self._marker:
             self._metrics.reloads.labels(self.name).inc()
-        self._slots, self._marker = slots, marker
+        self._slots, self._files, self._marker = slots, files, marker
 
     def _fresh(self) -> dict[str, bytes]:
         now = self._clock()
@@ -120,6 +131,11 @@ class RotatingSecret:
                 if self._current_marker() != self._marker:
                     self._load()
             return self._slots
+
+    def files(self) -> dict[str, bytes]:
+        """Every key of the mounted Secret (``current.pub``, ``jwks.json``, ...)."""
+        self._fresh()
+        return self._files
 
     # ---- acceptors ---------------------------------------------------------------------------
 
@@ -171,3 +187,52 @@ class RotatingSecret:
                 matched = slot
         self._metrics.verifications.labels(self.name, matched or "none").inc()
         return matched
+
+    # ---- JWTs with the key pair's JWKs, by kid -----------------------------------------------
+
+    def _jwk(self, name: str) -> dict[str, Any]:
+        files = self.files()
+        if name not in files:
+            raise SecretError(f"{self.path} has no {name!r}: use generator.keyPair with "
+                              "formats including jwk")
+        doc: dict[str, Any] = json.loads(files[name])
+        return doc
+
+    def sign_jwt(self, claims: dict[str, Any]) -> str:
+        """A JWT over ``claims`` signed with ``current``'s private key; the header names its
+        ``kid``."""
+        files = self.files()
+        doc = self._jwk("current.jwk" if "current.jwk" in files else "current")
+        token = jwt.JWT(header={"alg": doc["alg"], "kid": doc["kid"], "typ": "JWT"},
+                        claims=claims)
+        token.make_signed_token(jwk.JWK(**doc))
+        self._metrics.presentations.labels(self.name, "current", "signed").inc()
+        signed: str = token.serialize()
+        return signed
+
+    def verify_jwt(self, token: str) -> tuple[str, dict[str, Any]] | None:
+        """(the slot whose key signed it, the claims), or None when no published key did.
+        The key is chosen from ``jwks.json`` by the token's ``kid``."""
+        try:
+            header = jws.JWS()
+            header.deserialize(token)
+            kid = header.jose_header.get("kid")
+        except (jws.InvalidJWSObject, ValueError):
+            kid = None
+        published = {k.get("kid"): k for k in self._jwk("jwks.json").get("keys", [])}
+        slot = None
+        if kid in published:
+            files = self.files()
+            slot = next((s for s in SLOTS if f"{s}.pub.jwk" in files
+                         and json.loads(files[f"{s}.pub.jwk"]).get("kid") == kid), None)
+        claims = None
+        if slot is not None:
+            doc = published[kid]
+            try:
+                checked = jwt.JWT(jwt=token, key=jwk.JWK(**doc), algs=[doc["alg"]])
+                claims = json.loads(checked.claims)
+            except Exception:  # jwcrypto raises many kinds for a bad token
+                claims = None
+        matched = slot if claims is not None else None
+        self._metrics.verifications.labels(self.name, matched or "none").inc()
+        return (matched, claims) if matched is not None and claims is not None else None

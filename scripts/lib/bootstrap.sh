@@ -36,8 +36,8 @@ PY="$VENV/bin/python"
 export PYTHONPATH="$REPO/operator:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"
 
-# Debian packages for the real servers the tests use (SoftHSM2 for the PKCS#11 backend).
-apt_packages=(softhsm2)
+# Debian packages for the real servers the tests use: SoftHSM2 (PKCS#11), PostgreSQL, Prometheus.
+apt_packages=(softhsm2 postgresql prometheus)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

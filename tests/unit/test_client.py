@@ -3,38 +3,13 @@ link into ``..data``, which links to a timestamped folder swapped atomically on 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from keyrotor.client import Rejected, RotatingSecret, SecretError
-
-
-class KubeletMount:
-    """Writes Secret updates the way kubelet's AtomicWriter does."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-
-    def write(self, data: dict[str, bytes]) -> None:
-        self.generation += 1
-        folder = self.root / f"..2026_11_23_{self.generation:04d}"
-        folder.mkdir()
-        for key, value in data.items():
-            (folder / key).write_bytes(value)
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(folder.name)
-        os.replace(tmp, self.root / "..data")  # the atomic swap
-        for key in data:
-            link = self.root / key
-            if not link.is_symlink():
-                link.symlink_to(Path("..data") / key)
-        for stale in self.root.iterdir():
-            if stale.is_symlink() and stale.name not in data and not stale.name.startswith(".."):
-                stale.unlink()
+from keyrotor.testing.secretmount import KubeletMount
 
 
 @pytest.fixture
@@ -111,3 +86,37 @@ def test_clear_errors(tmp_path: Path) -> None:
     (empty / "password").write_text("x")
     with pytest.raises(SecretError, match="has no 'current' key"):
         RotatingSecret(empty, registry=CollectorRegistry())
+
+
+def test_jwt_signed_by_kid_verifies_through_a_rotation(tmp_path: Path) -> None:
+    """Tokens name their key by kid: one signed before a promotion still verifies while its
+    key is previous, and stops verifying once that key is gone from the Secret."""
+    from keyrotor.generators.local import KeyPair, jwks
+
+    generator = KeyPair(algorithm="Ed25519")
+    v1, v2 = generator.generate(1), generator.generate(2)
+
+    def publish(m: KubeletMount, slots: dict[str, dict[str, bytes]]) -> None:
+        data = {f"{slot}{suffix}": value for slot, material in slots.items()
+                for suffix, value in material.items()}
+        data["jwks.json"] = jwks([material[".pub.jwk"] for material in slots.values()])
+        m.write(data)
+
+    root = tmp_path / "signing"
+    m = KubeletMount(root)
+    publish(m, {"current": v1})
+    secret = RotatingSecret(root, refresh=0, registry=CollectorRegistry())
+    old_token = secret.sign_jwt({"sub": "alice"})
+    assert secret.verify_jwt(old_token) == ("current", {"sub": "alice"})
+
+    publish(m, {"current": v2, "previous": v1})  # promoted: v1 stays for verification
+    new_token = secret.sign_jwt({"sub": "bob"})
+    assert new_token.split(".")[0] != old_token.split(".")[0]  # another kid in the header
+    assert secret.verify_jwt(new_token) == ("current", {"sub": "bob"})
+    assert secret.verify_jwt(old_token) == ("previous", {"sub": "alice"})
+
+    publish(m, {"current": v2})  # revoked
+    assert secret.verify_jwt(old_token) is None
+    tampered = new_token[:-4] + ("AAAA" if not new_token.endswith("AAAA") else "BBBB")
+    assert secret.verify_jwt(tampered) is None
+    assert secret.verify_jwt("not a token") is None
