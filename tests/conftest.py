@@ -13,6 +13,8 @@ import pytest
 from kubernetes import client, config
 
 from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.postgresserver import PostgresServer
+from keyrotor.testing.prometheusserver import PrometheusServer
 from keyrotor.testing.softhsm import SoftHsmToken, init_token
 from keyrotor.testing.vaultserver import VaultServer
 
@@ -65,4 +67,18 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
 def vault() -> Iterator[VaultServer]:
     """A real Vault API server (file storage, so it survives a restart), one per run."""
     with VaultServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's packages), one per run."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[PrometheusServer]:
+    """A real Prometheus server (Debian's package) scraping every second, one per run."""
+    with PrometheusServer() as server:
         yield server

@@ -52,6 +52,7 @@ class OperatorProcess:
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     phase_pause: float = 0.0
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
 
@@ -62,7 +63,7 @@ class OperatorProcess:
             [sys.executable, "-m", "keyrotor", "run", "--kubeconfig", str(self.kubeconfig),
              "-n", self.namespace, "--metrics-port", str(self.metrics_port),
              "--liveness-port", str(self.liveness_port), "--verbose",
-             "--phase-pause", str(self.phase_pause)],
+             "--phase-pause", str(self.phase_pause), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         wait_for(self.metrics, timeout=30, what="operator metrics endpoint")
@@ -125,7 +126,7 @@ def operator(control_plane: ControlPlane, crds: None, namespace: str,
 def remember_secret(secret: dict[str, Any] | None) -> None:
     """Record every value of a keyrotor Secret, so the leak scan can look for it."""
     for key, value in ((secret or {}).get("data") or {}).items():
-        if key == "jwks.json" or key.endswith((".pub", ".pub.jwk", ".key-version")):
+        if key == "jwks.json" or key.endswith((".pub", ".pub.jwk", ".key-version", ".username")):
             continue  # public parts and version numbers may be published anywhere
         raw = base64.b64decode(value)
         SECRET_VALUES.add(value)
