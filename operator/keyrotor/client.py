@@ -157,9 +157,11 @@ class RotatingSecret:
 
     def call_with_fallback(self, call: Callable[[bytes], T]) -> T:
         """``call(current)``; if it raises :class:`Rejected`, ``call(previous)`` when there is
-        one. The last rejection propagates."""
+        one, and then ``current`` once more: under OneKey the target may swap from previous
+        to current between the first two calls, and then only current works. The last
+        rejection propagates."""
         slots = self._fresh()
-        order = [s for s in ("current", "previous") if s in slots]
+        order = ["current", "previous", "current"] if "previous" in slots else ["current"]
         for index, slot in enumerate(order):
             try:
                 result = call(slots[slot])

@@ -66,7 +66,23 @@ def test_presenter_falls_back_to_previous(mount: KubeletMount) -> None:
     assert sample(registry, "keyrotor_client_presentations_total", secret="api-key",
                   slot="previous", result="accepted") == 1
     assert sample(registry, "keyrotor_client_presentations_total", secret="api-key",
-                  slot="current", result="rejected") == 2
+                  slot="current", result="rejected") == 3  # 1 + 2 (tried again last)
+
+    # The target swaps between the first two attempts: previous is refused as well, and
+    # current, tried once more, now works. Found by the OneKey zero-downtime test.
+    swapped = []
+
+    def swapping(key: bytes) -> str:
+        if key == b"new-key-000000" and not swapped:
+            swapped.append(True)  # the swap happens right after this refusal
+            raise Rejected("HTTP 401")
+        if key == b"old-key-000000":
+            raise Rejected("HTTP 401")
+        return "ok"
+
+    assert secret.call_with_fallback(swapping) == "ok"
+    assert sample(registry, "keyrotor_client_presentations_total", secret="api-key",
+                  slot="current", result="accepted") == 2
 
 
 def test_hmac_helpers(mount: KubeletMount) -> None:

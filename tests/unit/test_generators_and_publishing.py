@@ -62,7 +62,7 @@ def test_key_pairs_in_pem_and_jwk(algorithm: str, kind: type) -> None:
     assert "d" not in json.loads(material[".pub.jwk"])
     token = jws.JWS(b"payload")
     alg = json.loads(material[".jwk"])["alg"]
-    token.add_signature(signer, protected=json.dumps({"alg": alg, "kid": signer.key_id}))
+    token.add_signature(signer, protected=json.dumps({"alg": alg, "kid": signer.get("kid")}))
     verifier = jws.JWS()
     verifier.deserialize(token.serialize())
     verifier.verify(public)
