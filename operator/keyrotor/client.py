@@ -23,6 +23,7 @@ used and every failure are counted in Prometheus metrics (``keyrotor_client_...`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jwcrypto import jwk, jws, jwt
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 SLOTS = ("current", "next", "previous")
 T = TypeVar("T")
@@ -53,12 +54,16 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.verifications = Counter(
             "keyrotor_client_verifications_total",
-            "Credentials checked by an acceptor, by the slot that matched (none: rejected)",
-            ("secret", "slot"), registry=registry)
+            "Credentials checked by an acceptor, by the slot (and its version) that matched "
+            "(none: rejected)", ("secret", "slot", "version"), registry=registry)
         self.presentations = Counter(
             "keyrotor_client_presentations_total",
-            "Credentials presented, by slot and result", ("secret", "slot", "result"),
-            registry=registry)
+            "Credentials presented, by slot, version and result",
+            ("secret", "slot", "version", "result"), registry=registry)
+        self.versions = Gauge(
+            "keyrotor_client_secret_version",
+            "The version each slot of the mounted Secret holds now (from versions.json)",
+            ("secret", "slot"), registry=registry)
         self.reloads = Counter("keyrotor_client_reloads_total",
                                "Reloads after kubelet swapped the mounted Secret", ("secret",),
                                registry=registry)
@@ -72,6 +77,15 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
     if id(registry) not in _METRICS:
         _METRICS[id(registry)] = _Metrics(registry)
     return _METRICS[id(registry)]
+
+
+def _versions(files: dict[str, bytes]) -> dict[str, str]:
+    """Slot -> version from ``versions.json`` (absent in Secrets not written by keyrotor)."""
+    try:
+        doc = json.loads(files.get("versions.json", b"{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in doc.items() if k in SLOTS} if isinstance(doc, dict) else {}
 
 
 class RotatingSecret:
@@ -88,6 +102,7 @@ class RotatingSecret:
         self._checked = float("-inf")
         self._slots: dict[str, bytes] = {}
         self._files: dict[str, bytes] = {}
+        self._versions: dict[str, str] = {}
         self._load()
 
     # ---- loading -----------------------------------------------------------------------------
@@ -122,6 +137,22 @@ class RotatingSecret:
         if self._marker is not None and marker != self._marker:
             self._metrics.reloads.labels(self.name).inc()
         self._slots, self._files, self._marker = slots, files, marker
+        self._versions = _versions(files)
+        for slot in SLOTS:
+            if slot in self._versions and slot in slots:
+                self._metrics.versions.labels(self.name, slot).set(int(self._versions[slot]))
+            else:
+                with contextlib.suppress(KeyError):  # never set: nothing to remove
+                    self._metrics.versions.remove(self.name, slot)
+
+    def version(self, slot: str = "current") -> int | None:
+        """The version ``slot`` holds (None when unknown or empty)."""
+        self._fresh()
+        found = self._versions.get(slot)
+        return int(found) if found else None
+
+    def _label(self, slot: str | None) -> str:
+        return self._versions.get(slot, "") if slot else ""
 
     def _fresh(self) -> dict[str, bytes]:
         now = self._clock()
@@ -147,7 +178,8 @@ class RotatingSecret:
             # Compare against every slot, always: timing reveals nothing about which matched.
             if hmac.compare_digest(value, held) and matched is None:
                 matched = slot
-        self._metrics.verifications.labels(self.name, matched or "none").inc()
+        self._metrics.verifications.labels(self.name, matched or "none",
+                                           self._label(matched)).inc()
         return matched
 
     # ---- presenters --------------------------------------------------------------------------
@@ -166,11 +198,13 @@ class RotatingSecret:
             try:
                 result = call(slots[slot])
             except Rejected:
-                self._metrics.presentations.labels(self.name, slot, "rejected").inc()
+                self._metrics.presentations.labels(self.name, slot, self._label(slot),
+                                                   "rejected").inc()
                 if index == len(order) - 1:
                     raise
                 continue
-            self._metrics.presentations.labels(self.name, slot, "accepted").inc()
+            self._metrics.presentations.labels(self.name, slot, self._label(slot),
+                                               "accepted").inc()
             return result
         raise AssertionError("unreachable: 'current' is always present")
 
@@ -187,7 +221,8 @@ class RotatingSecret:
             expected = hmac.new(key, message, hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, signature) and matched is None:
                 matched = slot
-        self._metrics.verifications.labels(self.name, matched or "none").inc()
+        self._metrics.verifications.labels(self.name, matched or "none",
+                                           self._label(matched)).inc()
         return matched
 
     # ---- JWTs with the key pair's JWKs, by kid -----------------------------------------------
@@ -208,7 +243,8 @@ class RotatingSecret:
         token = jwt.JWT(header={"alg": doc["alg"], "kid": doc["kid"], "typ": "JWT"},
                         claims=claims)
         token.make_signed_token(jwk.JWK(**doc))
-        self._metrics.presentations.labels(self.name, "current", "signed").inc()
+        self._metrics.presentations.labels(self.name, "current", self._label("current"),
+                                           "signed").inc()
         signed: str = token.serialize()
         return signed
 
@@ -236,5 +272,6 @@ class RotatingSecret:
             except Exception:  # jwcrypto raises many kinds for a bad token
                 claims = None
         matched = slot if claims is not None else None
-        self._metrics.verifications.labels(self.name, matched or "none").inc()
+        self._metrics.verifications.labels(self.name, matched or "none",
+                                           self._label(matched)).inc()
         return (matched, claims) if matched is not None and claims is not None else None

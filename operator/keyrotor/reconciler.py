@@ -165,8 +165,11 @@ class Reconciler:
         probe = None
         version = probe_due(rspec, state, now)
         if version is not None:
-            restarts = [] if state.next is not None else spec.get("rolloutRestartTargets") or []
-            probe = await self._probe(spec["secretName"], owner, probes, version, restarts)
+            acceptance = state.next is not None
+            restarts = [] if acceptance else spec.get("rolloutRestartTargets") or []
+            wanted = set(rspec.expected(acceptance=acceptance))
+            probe = await self._probe(spec["secretName"], owner,
+                                      [p for p in probes if p.name in wanted], version, restarts)
             now = self.clock()
         result = step(rspec, state, now=now, trigger=trigger, probe=probe)
 

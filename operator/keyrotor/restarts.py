@@ -89,9 +89,9 @@ class Restarter:
         if (template.get("annotations") or {}).get(key) != str(version):
             self.request(namespace, kind, name, {key: str(version)})
             return ConsumerResult(shown, False, f"rollout restart requested (debounced for "
-                                                f"up to {self.window:g}s)")
+                                                f"up to {self.window:g}s)", pending=True)
         done, message = rollout_progress(kind, body)
-        return ConsumerResult(shown, done, message)
+        return ConsumerResult(shown, done, message, pending=not done)
 
     def request(self, namespace: str, kind: str, name: str, annotations: dict[str, str]) -> None:
         workload = (namespace, kind, name)

@@ -53,7 +53,8 @@ def to_status(state: RotationState) -> dict[str, Any]:
         "message": state.message,
         "consumers": [
             {"name": c.name, "ok": c.ok, "message": c.message, "version": c.version,
-             "consecutiveFailures": c.consecutive_failures, "lastProbeTime": ts(c.time)}
+             "consecutiveFailures": c.consecutive_failures, "lastProbeTime": ts(c.time),
+             **({"pending": True} if c.pending else {})}
             for c in state.consumers
         ],
     }
@@ -82,7 +83,8 @@ def from_status(status: dict[str, Any] | None) -> RotationState:
             ConsumerResult(name=c["name"], ok=bool(c.get("ok")), message=c.get("message", ""),
                            version=c.get("version"),
                            consecutive_failures=int(c.get("consecutiveFailures") or 0),
-                           time=parse_ts(c.get("lastProbeTime")))
+                           time=parse_ts(c.get("lastProbeTime")),
+                           pending=bool(c.get("pending")))
             for c in status.get("consumers") or ()
         ),
     )
@@ -92,7 +94,7 @@ def conditions(state: RotationState, *, now: datetime.datetime, generation: int 
                error: tuple[str, str] | None = None,
                existing: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The four conditions for ``state``; ``error`` is (reason, message) of a blocking problem."""
-    failing = [c for c in state.consumers if not c.ok]
+    failing = [c for c in state.consumers if not c.ok and not c.pending]
     verifying = state.phase in (Phase.VERIFYING_ACCEPTANCE, Phase.VERIFYING_RETIREMENT,
                                 Phase.HOLDING)
     wanted: list[tuple[str, bool, str, str]] = []

@@ -38,6 +38,7 @@ from keyrotor.publishing.slots import Slots, apply
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 CONSUMERS = ("api", "worker")
 ROLLOUT = "Deployment/api"  # a rollout restart target: checked only before revoking
+GATE = "gate"  # a consumer with during: Acceptance
 TICKS = st.sampled_from([0.001, 0.5, 1, 5, 15, 59, 61, 600, 3600, 86400, 30 * 86400])
 
 
@@ -57,18 +58,20 @@ class RotationMachine(RuleBasedStateMachine):
                 successes=st.integers(1, 4),
                 every=st.sampled_from([None, 60.0, 3600.0, 86400.0]),
                 rollout=st.sampled_from([(), (ROLLOUT,)]),
+                gate=st.sampled_from([(), (GATE,)]),
                 activate_after=st.sampled_from([None, 0.0, 90.0]))
     def setup(self, strategy: Strategy, consumers: tuple[str, ...], successes: int,
-              every: float | None, rollout: tuple[str, ...],
+              every: float | None, rollout: tuple[str, ...], gate: tuple[str, ...],
               activate_after: float | None) -> None:
         self.now = T0
         self.spec = RotationSpec(strategy=strategy, every=every, min_overlap=600,
                                  max_overlap=3600, interval=15, successes_required=successes,
                                  consumer_names=consumers, retirement_names=rollout,
+                                 acceptance_names=gate,
                                  activate_after=activate_after)
         self.persisted: dict[str, object] = {}
         self.slots: Slots[str] = Slots()
-        self.healthy = dict.fromkeys((*CONSUMERS, ROLLOUT), True)
+        self.healthy = dict.fromkeys((*CONSUMERS, ROLLOUT, GATE), True)
         self.activated_at: dict[int, datetime.datetime] = {}
         self.trigger: str | None = None
         self.history = History()
@@ -81,7 +84,7 @@ class RotationMachine(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.now += datetime.timedelta(seconds=seconds)
 
-    @rule(name=st.sampled_from((*CONSUMERS, ROLLOUT)), ok=st.booleans())
+    @rule(name=st.sampled_from((*CONSUMERS, ROLLOUT, GATE)), ok=st.booleans())
     def consumer_health(self, name: str, ok: bool) -> None:
         self.healthy[name] = ok
 
@@ -98,7 +101,8 @@ class RotationMachine(RuleBasedStateMachine):
             strategy=self.spec.strategy, every=self.spec.every, suspend=suspend,
             min_overlap=min_overlap, max_overlap=max_overlap, interval=self.spec.interval,
             successes_required=successes, consumer_names=consumers,
-            retirement_names=self.spec.retirement_names, activate_after=self.spec.activate_after)
+            retirement_names=self.spec.retirement_names, activate_after=self.spec.activate_after,
+            acceptance_names=self.spec.acceptance_names)
 
     # ---- the operator --------------------------------------------------------------------------
 
@@ -113,7 +117,8 @@ class RotationMachine(RuleBasedStateMachine):
 
     def _probe(self, version: int, acceptance: bool) -> ProbeRound:
         results = tuple(ConsumerResult(name=n, ok=self.healthy[n],
-                                       message="ok" if self.healthy[n] else "HTTP 401")
+                                       message="ok" if self.healthy[n] else "HTTP 401",
+                                       pending=n == ROLLOUT)
                         for n in self.spec.expected(acceptance=acceptance))
         round_ = ProbeRound(version=version, results=results)
         self.history.rounds.append((version, round_.ok))
@@ -134,7 +139,8 @@ class RotationMachine(RuleBasedStateMachine):
         probe = self._probe(version, state.next is not None) if version is not None else None
         result = step(self.spec, state, now=self.now, trigger=self.trigger, probe=probe)
         effect = result.effect
-        if isinstance(effect, PromoteTo) and not effect.generate and self.spec.consumer_names:
+        if (isinstance(effect, PromoteTo) and not effect.generate
+                and self.spec.expected(acceptance=True)):
             # Invariant 2: presented only after every acceptor accepted it enough times.
             assert self._passed_rounds(effect.version) >= self.spec.successes_required
         revokes_now = (isinstance(effect, Revoke) and self.slots.previous is not None
@@ -311,3 +317,38 @@ def test_failing_consumer_holds_and_recovers() -> None:
     assert "ConsumerFailing" in events and "ConsumersRecovered" in events
     assert [type(e) for e in effects] == [Stage, PromoteTo, Revoke]
     assert state.current == 2 and state.previous is None
+
+
+def test_pending_rollout_waits_quietly_then_holds_past_max_overlap() -> None:
+    """A rollout in progress holds revocation without Warning events; one stuck past
+    maxOverlap holds with one, and the rotation finishes once it rolls out."""
+    spec = RotationSpec(min_overlap=0, max_overlap=300, interval=10, successes_required=1,
+                        retirement_names=(ROLLOUT,))
+    state = RotationState(phase=Phase.IDLE, current=1, latest=1, current_version_time=T0)
+    now = T0
+    rolled_out = False
+    events: list[tuple[str, str]] = []
+    phases: list[Phase] = []
+    for i in range(200):
+        if i == 60:
+            rolled_out = True
+        version = probe_due(spec, state, now)
+        probe = None
+        if version is not None:
+            probe = ProbeRound(version=version, results=(ConsumerResult(
+                ROLLOUT, rolled_out, "rolled out" if rolled_out else "1 of 2 updated replicas",
+                pending=not rolled_out),))
+        result = step(spec, state, now=now, trigger="go" if i == 0 else None, probe=probe)
+        events += [(e.type, e.reason) for e in result.events]
+        state = result.state
+        phases.append(state.phase)
+        if state.phase == Phase.VERIFYING_RETIREMENT and not rolled_out and state.consumers:
+            assert state.message.startswith(f"waiting for {ROLLOUT}: 1 of 2")
+            conds = {c["type"]: c for c in status_io.conditions(state, now=now, generation=1)}
+            assert conds["ConsumersVerified"]["reason"] == "Verifying"
+        now += datetime.timedelta(seconds=max(result.requeue_after, 0.001))
+        if state.rotation_count == 1:
+            break
+    warnings = [reason for kind, reason in events if kind == "Warning"]
+    assert warnings == ["Holding"], events  # no ConsumerFailing for a rollout in progress
+    assert Phase.HOLDING in phases and state.rotation_count == 1 and state.previous is None

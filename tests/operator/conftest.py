@@ -126,7 +126,8 @@ def operator(control_plane: ControlPlane, crds: None, namespace: str,
 def remember_secret(secret: dict[str, Any] | None) -> None:
     """Record every value of a keyrotor Secret, so the leak scan can look for it."""
     for key, value in ((secret or {}).get("data") or {}).items():
-        if key == "jwks.json" or key.endswith((".pub", ".pub.jwk", ".key-version", ".username")):
+        if key in ("jwks.json", "versions.json") or key.endswith(
+                (".pub", ".pub.jwk", ".key-version", ".username")):
             continue  # public parts and version numbers may be published anywhere
         raw = base64.b64decode(value)
         SECRET_VALUES.add(value)

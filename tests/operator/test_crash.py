@@ -87,4 +87,4 @@ async def test_sigkill_at_every_phase_boundary(
     secret = kapi.get_secret(namespace, "crashy")
     assert secret is not None
     assert set(secret["data"]) == {"current", "current.pub", "current.jwk", "current.pub.jwk",
-                                   "jwks.json", "fingerprint.key"}
+                                   "jwks.json", "fingerprint.key", "versions.json"}

@@ -18,7 +18,7 @@ from keyrotor.kube import KubeApi
 from keyrotor.restarts import annotation_key, rollout_progress
 from keyrotor.testing.controlplane import ControlPlane
 from tests.operator.conftest import OperatorProcess, rotating_secret
-from tests.operator.helpers import wait_status
+from tests.operator.helpers import events_of, wait_status
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -88,8 +88,10 @@ def test_three_rotations_restart_the_deployment_once(
         status = wait_status(kapi, namespace, name, lambda s: any(
             c["name"] == "Deployment/api" and "controller" in c["message"]
             for c in s.get("consumers") or ()), what=f"{name} waiting for the rollout")
-        assert status["phase"] in ("VerifyingRetirement", "Holding")
+        assert status["phase"] == "VerifyingRetirement"
         assert status["previousVersion"] == 1
+        rollout = next(c for c in status["consumers"] if c["name"] == "Deployment/api")
+        assert rollout["pending"] is True and rollout["ok"] is False
     generation = body["metadata"]["generation"]
     assert generation == 2, "three rotations, one pod-template change"
 
@@ -102,6 +104,10 @@ def test_three_rotations_restart_the_deployment_once(
                              lambda s: s.get("phase") == "Idle" and s.get("rotationCount") == 1,
                              what=f"{name} revoked after the rollout")
         assert "previousVersion" not in status or status["previousVersion"] is None
+        # Waiting for a rollout is not a failure: no Warning event on the way.
+        warnings = [e["reason"] for e in events_of(kapi, namespace, name)
+                    if e["type"] == "Warning"]
+        assert warnings == [], warnings
     final = kapi.get_workload(namespace, "Deployment", "api")
     assert final is not None and final["metadata"]["generation"] == 2
     stop.set()

@@ -60,7 +60,7 @@ def test_first_version_is_issued(control_plane: ControlPlane, kapi: KubeApi, nam
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "keyrotor"
     value = base64.b64decode(secret["data"]["current"]).decode()
     assert len(value) == 48 and all(c in "0123456789abcdef" for c in value)
-    assert set(secret["data"]) == {"current", "fingerprint.key"}
+    assert set(secret["data"]) == {"current", "fingerprint.key", "versions.json"}
     reasons = [e["reason"] for e in events_of(kapi, namespace, "first")]
     assert reasons == ["RotationStarted", "Issued"]
     health = json.loads(operator.fetch(f"http://127.0.0.1:{operator.liveness_port}/healthz"))

@@ -22,8 +22,9 @@ def mount(tmp_path: Path) -> KubeletMount:
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    value = registry.get_sample_value(name, labels)
-    return value or 0.0
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(s.value for metric in registry.collect() for s in metric.samples
+               if s.name == name and labels.items() <= s.labels.items())
 
 
 def test_verify_accepts_every_slot_and_reloads_on_swap(mount: KubeletMount) -> None:
@@ -136,3 +137,21 @@ def test_jwt_signed_by_kid_verifies_through_a_rotation(tmp_path: Path) -> None:
     tampered = new_token[:-4] + ("AAAA" if not new_token.endswith("AAAA") else "BBBB")
     assert secret.verify_jwt(tampered) is None
     assert secret.verify_jwt("not a token") is None
+
+
+def test_versions_are_reported_when_the_secret_names_them(mount: KubeletMount) -> None:
+    registry = CollectorRegistry()
+    mount.write({"current": b"v8-secret-value", "previous": b"v7-secret-value",
+                 "versions.json": b'{"current": 8, "previous": 7}'})
+    secret = RotatingSecret(mount.root, refresh=0, registry=registry)
+    assert secret.version() == 8 and secret.version("previous") == 7
+    assert secret.verify("v7-secret-value") == "previous"
+    assert sample(registry, "keyrotor_client_verifications_total", slot="previous",
+                  version="7") == 1
+    assert sample(registry, "keyrotor_client_secret_version", slot="current") == 8
+    assert sample(registry, "keyrotor_client_secret_version", slot="previous") == 7
+    mount.write({"current": b"v8-secret-value", "versions.json": b'{"current": 8}'})
+    assert secret.version("previous") is None
+    # The emptied slot's gauge is gone, not left at a stale value.
+    assert registry.get_sample_value("keyrotor_client_secret_version",
+                                     {"secret": "api-key", "slot": "previous"}) is None

@@ -57,8 +57,11 @@ class RotationSpec:
     interval: float = 15.0
     successes_required: int = 3
     revocation_delay: float = 0.0
-    consumer_names: tuple[str, ...] = ()
-    # Checked only before revoking: the rollout restarts of spec.rolloutRestartTargets.
+    consumer_names: tuple[str, ...] = ()  # probed in every verifying phase
+    # Probed only before presenting (consumers with ``during: Acceptance``).
+    acceptance_names: tuple[str, ...] = ()
+    # Checked only before revoking: ``during: Retirement`` consumers and the rollout restarts
+    # of spec.rolloutRestartTargets.
     retirement_names: tuple[str, ...] = ()
     # OneKey with a target: how long presenters get to load the new version before the target
     # swaps to it (None: there is no target to activate).
@@ -66,7 +69,8 @@ class RotationSpec:
 
     def expected(self, *, acceptance: bool) -> tuple[str, ...]:
         """The names whose probe results a verifying phase waits for."""
-        return self.consumer_names if acceptance else self.consumer_names + self.retirement_names
+        return self.consumer_names + (self.acceptance_names if acceptance
+                                      else self.retirement_names)
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> RotationSpec:
@@ -93,9 +97,10 @@ class RotationSpec:
             successes_required=int(verification.get("successesRequired", 3)),
             revocation_delay=parse_duration(revocation.get("delay", "0s"),
                                             field="spec.revocation.delay"),
-            consumer_names=tuple(c["name"] for c in spec.get("consumers") or ()),
-            retirement_names=tuple(restart_name(t) for t in spec.get("rolloutRestartTargets")
-                                   or ()),
+            consumer_names=_during(spec, "Both"),
+            acceptance_names=_during(spec, "Acceptance"),
+            retirement_names=_during(spec, "Retirement") + tuple(
+                restart_name(t) for t in spec.get("rolloutRestartTargets") or ()),
             activate_after=_activate_after(spec),
         )
         if parsed.every is not None and parsed.schedule is not None:
@@ -110,6 +115,11 @@ class RotationSpec:
 def restart_name(target: dict[str, Any]) -> str:
     """How a rollout restart target shows among the consumers: ``Deployment/api``."""
     return f"{target['kind']}/{target['name']}"
+
+
+def _during(spec: dict[str, Any], phase: str) -> tuple[str, ...]:
+    return tuple(c["name"] for c in spec.get("consumers") or ()
+                 if c.get("during", "Both") == phase)
 
 
 def _activate_after(spec: dict[str, Any]) -> float | None:
@@ -127,6 +137,9 @@ class ConsumerResult:
     version: int | None = None
     consecutive_failures: int = 0
     time: datetime.datetime | None = None
+    # Not passed yet, but nothing is wrong: a rollout in progress. It holds the rotation like
+    # a failure does, without a Warning event (until maxOverlap: then it holds with one).
+    pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -95,11 +95,19 @@ SHOULD_ROTATE: tuple[Check, ...] = (_in_progress, _initial, _suspended, _manual,
 
 
 def _consumers_failing(f: Facts) -> Verdict | None:
-    failing = [c for c in f.state.consumers if not c.ok]
+    failing = [c for c in f.state.consumers if not c.ok and not c.pending]
     if not failing:
         return None
     detail = "; ".join(f"consumer {c.name}: {c.message}" for c in failing)
     return Verdict(False, "ConsumersFailing", detail)
+
+
+def _consumers_pending(f: Facts) -> Verdict | None:
+    pending = [c for c in f.state.consumers if not c.ok and c.pending]
+    if not pending:
+        return None
+    detail = "; ".join(f"{c.name}: {c.message}" for c in pending)
+    return Verdict(False, "Waiting", f"waiting for {detail}")
 
 
 def _not_yet_verified(f: Facts) -> Verdict | None:
@@ -134,7 +142,7 @@ def _accepted(f: Facts) -> Verdict:
 
 
 MAY_PROMOTE: tuple[Check, ...] = (
-    _consumers_failing, _not_yet_verified, _unprobed_staging_floor, _accepted,
+    _consumers_failing, _consumers_pending, _not_yet_verified, _unprobed_staging_floor, _accepted,
 )
 
 
@@ -158,7 +166,8 @@ def _retired(f: Facts) -> Verdict:
 
 
 MAY_REVOKE: tuple[Check, ...] = (
-    _consumers_failing, _not_yet_verified, _min_overlap, _revocation_delay, _retired,
+    _consumers_failing, _consumers_pending, _not_yet_verified, _min_overlap,
+    _revocation_delay, _retired,
 )
 
 

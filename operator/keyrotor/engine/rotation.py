@@ -191,6 +191,7 @@ def _record(spec: RotationSpec, state: RotationState, probe: ProbeRound,
     results = tuple(
         ConsumerResult(
             name=r.name, ok=r.ok, message=r.message, version=probe.version, time=now,
+            pending=r.pending and not r.ok,
             consecutive_failures=0 if r.ok else
             (before[r.name].consecutive_failures if r.name in before else 0) + 1,
         )
@@ -239,7 +240,7 @@ def _reconsider(spec: RotationSpec, state: RotationState, now: datetime.datetime
 
 
 def _failing_summary(state: RotationState) -> tuple[tuple[str, str], ...]:
-    return tuple((c.name, c.message) for c in state.consumers if not c.ok)
+    return tuple((c.name, c.message) for c in state.consumers if not c.ok and not c.pending)
 
 
 def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
@@ -263,14 +264,15 @@ def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
         return Step(recorded.evolve(phase=nxt, message=verdict.message), events=tuple(events))
 
     phase = Phase.VERIFYING_ACCEPTANCE if acceptance else Phase.VERIFYING_RETIREMENT
-    if failing and policies.past_max_overlap(spec, state, now):
+    stuck = any(not c.ok for c in recorded.consumers)  # failing, or pending for too long
+    if stuck and policies.past_max_overlap(spec, state, now):
         if state.phase != Phase.HOLDING:
             events.append(Event("Warning", "Holding", (
                 f"consumers still failing after maxOverlap {format_duration(spec.max_overlap)}; "
                 f"holding: version {state.previous if not acceptance else state.current} is "
                 f"not revoked. {verdict.message}")))
         phase = Phase.HOLDING
-    elif state.phase == Phase.HOLDING and not failing:
+    elif state.phase == Phase.HOLDING and not stuck:
         phase = Phase.HOLDING  # stays until verification completes
     message = verdict.message if phase != Phase.HOLDING else f"holding: {verdict.message}"
     waiting = recorded.evolve(phase=phase, message=message)

@@ -7,6 +7,8 @@ Layout of the Secret keyrotor owns::
       next, next.*                               staged: accept it, do not present it yet
       previous, previous.*                       still accepted during the overlap
       jwks.json                                  public JWKs of every filled slot (key pairs)
+      versions.json                              {"current": 7, "previous": 6}: mounted, so
+                                                 consumers can tell (and report) versions
       fingerprint.key                            HMAC key behind the fingerprints below
     metadata.annotations:
       keyrotor.io/{current,next,previous}-version       version numbers
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from keyrotor.publishing.slots import Slots, Versioned, apply
 SLOTS = ("current", "next", "previous")
 FINGERPRINT_KEY = "fingerprint.key"
 JWKS_KEY = "jwks.json"
+VERSIONS_KEY = "versions.json"
 ANNOTATION_PREFIX = "keyrotor.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "keyrotor"}
 
@@ -105,6 +109,8 @@ def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: 
             public_jwks.append(held.material[".pub.jwk"])
     if public_jwks:
         data[JWKS_KEY] = jwks(public_jwks)
+    data[VERSIONS_KEY] = json.dumps({slot: held.version for slot, held in
+                                     slots.filled().items()}, sort_keys=True).encode()
     labels = {**(meta.get("labels") or {}), **MANAGED_BY,
               f"{ANNOTATION_PREFIX}rotatingsecret": owner.name}
     metadata = {"name": name, "namespace": owner.namespace, "labels": labels,
