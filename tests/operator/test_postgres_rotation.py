@@ -32,10 +32,12 @@ class Pool:
     used_while_previous: set[int] = field(default_factory=set)
     failed_logins: dict[int, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    passwords: set[str] = field(default_factory=set)  # every password the Secret held
     stop: threading.Event = field(default_factory=threading.Event)
 
     def slots(self) -> dict[str, int]:
         held, _ = decode(self.kapi.get_secret(self.namespace, "db-creds"))
+        self.passwords.update(v.material[""].decode() for v in held.filled().values())
         return {slot: v.version for slot, v in held.filled().items()}
 
     def credentials(self) -> tuple[int, str, str]:
@@ -122,5 +124,11 @@ def test_alternating_users_five_rotations(control_plane: ControlPlane, kapi: Kub
         if reason == "Revoked":
             since = max(j for j, r in enumerate(reasons[:i]) if r == "Promoted")
             assert "Retired" in reasons[since:i], reasons
+    # The server logged every statement, ALTER ROLE included, and never a password: keyrotor
+    # sends SCRAM verifiers.
+    log = postgres.log
+    assert "ALTER ROLE" in log and "SCRAM-SHA-256$" in log
+    assert len(pool.passwords) >= 5
+    assert not [p for p in pool.passwords if p in log]
     consumers = {c["name"]: c for c in status.get("consumers") or ()}
     assert consumers["db"]["ok"] and consumers["db"]["message"].startswith("logged in as app_")

@@ -7,10 +7,14 @@ sessions ended, so a retired credential grants nothing. This is the AWS "alterna
 rotation, with keyrotor's overlap and verification in between.
 
 The Secret publishes the password as the slot's value and the role as ``<slot>.username``.
+The server never receives the password itself: libpq turns it into a SCRAM-SHA-256 verifier
+on keyrotor's side (as psql's password command does), so ``log_statement = 'all'`` logs only the
+verifier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +90,12 @@ class PostgresTarget:
     def role(self, version: int) -> str:
         return self.roles[version % 2]
 
-    def _admin(self, operation: str, statements: list[sql.Composed]) -> None:
+    def _admin(self, operation: str,
+               statements: Callable[[psycopg.Connection[Any]], list[sql.Composed]]) -> None:
         with measured("postgres", operation):
             try:
                 with self.server.connect(self.admin_user, self.admin_password) as conn:
-                    for statement in statements:
+                    for statement in statements(conn):
                         conn.execute(statement)
             except psycopg.OperationalError as exc:
                 raise BackendUnavailable(
@@ -105,20 +110,29 @@ class PostgresTarget:
         return {**material, USERNAME: self.role(version).encode()}
 
     def activate(self, version: int, material: Material) -> None:
-        role = sql.Identifier(self.role(version))
-        password = main_value(material).decode()
+        name = self.role(version)
+        role = sql.Identifier(name)
+
+        def statements(conn: psycopg.Connection[Any]) -> list[sql.Composed]:
+            verifier = conn.pgconn.encrypt_password(main_value(material), name.encode(),
+                                                    b"scram-sha-256").decode()
+            return self._activation(name, role, verifier)
+
+        self._admin("activate", statements)
+
+    def _activation(self, name: str, role: sql.Identifier, verifier: str) -> list[sql.Composed]:
         statements: list[sql.Composed] = [
             # CREATE ROLE IF NOT EXISTS does not exist; a DO block keeps this idempotent.
             sql.SQL("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) "
                     "THEN CREATE ROLE {} NOLOGIN; END IF; END $$").format(
-                        sql.Literal(self.role(version)), role),
+                        sql.Literal(name), role),
         ]
         if self.member_of:
             statements.append(sql.SQL("GRANT {} TO {}").format(
                 sql.Identifier(self.member_of), role))
         statements.append(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-            role, sql.Literal(password)))
-        self._admin("activate", statements)
+            role, sql.Literal(verifier)))
+        return statements
 
     def revoke(self, version: int) -> None:
         name = self.role(version)
@@ -128,7 +142,7 @@ class PostgresTarget:
             statements.append(sql.SQL(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}"
             ).format(sql.Literal(name)))
-        self._admin("revoke", statements)
+        self._admin("revoke", lambda _: statements)
 
     def check(self, material: Material) -> tuple[bool, str]:
         user = material.get(USERNAME, b"").decode()

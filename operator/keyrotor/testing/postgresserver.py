@@ -77,8 +77,14 @@ class PostgresServer:
         self.proc = spawn([str(pg_bin() / "postgres"), "-D", str(self.workdir / "data"),
                            "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
                            "-c", f"unix_socket_directories={self.workdir}",
-                           "-c", "fsync=off", "-c", "max_connections=200"], log, user=USER)
+                           "-c", "fsync=off", "-c", "max_connections=200",
+                           # Every statement is logged, so tests can show no password is.
+                           "-c", "log_statement=all"], log, user=USER)
         wait_until(self._ready, self.proc, log, "postgres")
+
+    @property
+    def log(self) -> str:
+        return (self.workdir / "postgres.log").read_text(errors="replace")
 
     def _ready(self) -> bool:
         try:
