@@ -65,6 +65,7 @@ class SecretWitness:
     values: dict[int, bytes] = field(default_factory=dict)
     currents: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    slots_seen: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -78,6 +79,7 @@ class SecretWitness:
             if slot not in data or version is None:
                 continue
             filled += 1
+            self.slots_seen.add(slot)
             value = base64.b64decode(data[slot])
             known = self.values.setdefault(int(version), value)
             if known != value:

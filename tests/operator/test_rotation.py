@@ -284,3 +284,28 @@ def test_unreachable_consumer_shows_in_status(control_plane: ControlPlane, kapi:
     warnings = [e for e in events_of(kapi, namespace, "lonely") if e["type"] == "Warning"]
     assert warnings and warnings[0]["reason"] == "ConsumerFailing"
     assert "consumer api: request failed" in warnings[0]["message"]
+
+
+def test_one_key_without_a_target_promotes_directly(
+        control_plane: ControlPlane, kube: client.ApiClient, kapi: KubeApi, namespace: str,
+        operator: OperatorProcess) -> None:
+    """OneKey: the new version goes straight to current with the old one as previous (never
+    staged as next), and previous is removed after minOverlap."""
+    witness = SecretWitness(kube, namespace, "one").start()
+    try:
+        apply(control_plane, namespace, rotating_secret(
+            "one", strategy="OneKey", generator={"random": {"length": 24}},
+            rotation={"minOverlap": "1s", "maxOverlap": "1m"}))
+        wait_status(kapi, namespace, "one", lambda s: s.get("currentVersion") == 1)
+        for n in (1, 2):
+            kapi.annotate_rotating_secret(namespace, "one", "keyrotor.io/rotate", f"r{n}")
+            wait_status(kapi, namespace, "one", lambda s, n=n: s.get("rotationCount") == n
+                        and s.get("phase") == "Idle", what=f"rotation {n}")
+    finally:
+        witness.stop()
+    assert not witness.problems, witness.problems
+    assert witness.currents == [1, 2, 3]
+    assert witness.slots_seen == {"current", "previous"}  # never staged
+    reasons = [e["reason"] for e in events_of(kapi, namespace, "one")]
+    assert reasons.count("Promoted") == 2 and "Staged" not in reasons
+    assert "Activated" not in reasons  # no target to swap
