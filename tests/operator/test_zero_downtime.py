@@ -96,6 +96,7 @@ def presenter(fleet: Fleet, mount: Path, url: str, job: str, prometheus: Prometh
 def finish(proc: subprocess.Popen[bytes], stats: Path) -> dict[str, int]:
     stop(proc)
     tally: dict[str, int] = json.loads(stats.read_text())
+    print(f"presenter tally: {tally}")
     return tally
 
 
