@@ -352,3 +352,32 @@ def test_pending_rollout_waits_quietly_then_holds_past_max_overlap() -> None:
     warnings = [reason for kind, reason in events if kind == "Warning"]
     assert warnings == ["Holding"], events  # no ConsumerFailing for a rollout in progress
     assert Phase.HOLDING in phases and state.rotation_count == 1 and state.previous is None
+
+
+def test_short_failures_while_kubelet_catches_up_are_not_warnings() -> None:
+    """Two failed rounds right after staging (the acceptor's mount is not refreshed yet) stay
+    in status; the third in a row becomes one Warning, whatever its message says next."""
+    def run(fail_rounds: int, threshold: int = 3) -> list[str]:
+        spec = RotationSpec(min_overlap=0, max_overlap=3600, interval=10, successes_required=1,
+                            consumer_names=("api",), failure_threshold=threshold)
+        state = RotationState(phase=Phase.IDLE, current=1, latest=1, current_version_time=T0)
+        now, warnings, rounds = T0, [], 0
+        for i in range(100):
+            version = probe_due(spec, state, now)
+            probe = None
+            if version is not None:
+                ok = rounds >= fail_rounds
+                probe = ProbeRound(version=version, results=(ConsumerResult(
+                    "api", ok, "HTTP 200" if ok else f"HTTP 401 (round {rounds})"),))
+                rounds += 1
+            result = step(spec, state, now=now, trigger="go" if i == 0 else None, probe=probe)
+            warnings += [e.reason for e in result.events if e.type == "Warning"]
+            state = result.state
+            now += datetime.timedelta(seconds=max(result.requeue_after, 0.001))
+            if state.rotation_count == 1:
+                return warnings
+        raise AssertionError("the rotation did not finish")
+
+    assert run(fail_rounds=2) == []
+    assert run(fail_rounds=6) == ["ConsumerFailing"]  # once, though every message differs
+    assert run(fail_rounds=1, threshold=1) == ["ConsumerFailing"]

@@ -281,8 +281,11 @@ def test_unreachable_consumer_shows_in_status(control_plane: ControlPlane, kapi:
     verified = condition(status, "ConsumersVerified")
     assert verified["status"] == "False" and verified["reason"] == "ConsumersFailing"
     assert status["currentVersion"] == 1
-    warnings = [e for e in events_of(kapi, namespace, "lonely") if e["type"] == "Warning"]
-    assert warnings and warnings[0]["reason"] == "ConsumerFailing"
+    # The Warning comes after failureThreshold (3) failed rounds in a row.
+    warnings = wait_for(lambda: [e for e in events_of(kapi, namespace, "lonely")
+                                 if e["type"] == "Warning"], what="a Warning event")
+    assert warnings[0]["reason"] == "ConsumerFailing"
+    assert status["consumers"][0]["consecutiveFailures"] >= 1
     assert "consumer api: request failed" in warnings[0]["message"]
 
 

@@ -115,7 +115,7 @@ def test_two_keys_zero_downtime(control_plane: ControlPlane, kapi: KubeApi, name
     apply(control_plane, namespace, rotating_secret(
         "api-key", strategy="TwoKeys", generator={"random": {"length": 32}},
         rotation={"every": "1s", "minOverlap": "1s", "maxOverlap": "2m"},
-        verification={"interval": "500ms", "successesRequired": 2}))
+        verification={"interval": "500ms", "successesRequired": 2, "failureThreshold": 1}))
     acceptor_port, acceptor_metrics = free_port(), free_port()
     fleet.run("acceptor", "keyrotor.testing.consumerapp", "acceptor",
               "--mount", str(fleet.mount("acceptor", "api-key", period=0.5)),
@@ -198,7 +198,7 @@ def test_one_key_zero_downtime_through_the_fallback(
     apply(control_plane, namespace, rotating_secret(
         "service-key", strategy="OneKey", generator={"random": {"length": 32}},
         rotation={"every": "1s", "minOverlap": "1s", "maxOverlap": "2m"},
-        verification={"interval": "500ms", "successesRequired": 2},
+        verification={"interval": "500ms", "successesRequired": 2, "failureThreshold": 1},
         target={"activateAfter": "2s", "webhook": {
             "url": service, "authSecretRef": {"name": "keyservice-admin"}}},
         consumers=[{"name": "service", "target": {}},

@@ -56,6 +56,9 @@ class RotationSpec:
     suspend: bool = False
     interval: float = 15.0
     successes_required: int = 3
+    # Consecutive failed rounds before a consumer's failure becomes a Warning event: the first
+    # rounds after staging often fail only because kubelet has not refreshed the mount yet.
+    failure_threshold: int = 3
     revocation_delay: float = 0.0
     consumer_names: tuple[str, ...] = ()  # probed in every verifying phase
     # Probed only before presenting (consumers with ``during: Acceptance``).
@@ -95,6 +98,7 @@ class RotationSpec:
             interval=parse_duration(verification.get("interval", "15s"),
                                     field="spec.verification.interval"),
             successes_required=int(verification.get("successesRequired", 3)),
+            failure_threshold=int(verification.get("failureThreshold", 3)),
             revocation_delay=parse_duration(revocation.get("delay", "0s"),
                                             field="spec.revocation.delay"),
             consumer_names=_during(spec, "Both"),

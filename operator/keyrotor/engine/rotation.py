@@ -239,8 +239,10 @@ def _reconsider(spec: RotationSpec, state: RotationState, now: datetime.datetime
     return Step(waiting, requeue_after=_next_wake(spec, waiting, now))
 
 
-def _failing_summary(state: RotationState) -> tuple[tuple[str, str], ...]:
-    return tuple((c.name, c.message) for c in state.consumers if not c.ok and not c.pending)
+def _failing(spec: RotationSpec, state: RotationState) -> frozenset[str]:
+    """Consumers failing for ``failureThreshold`` rounds in a row (pending ones never are)."""
+    return frozenset(c.name for c in state.consumers if not c.ok and not c.pending
+                     and c.consecutive_failures >= spec.failure_threshold)
 
 
 def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
@@ -250,7 +252,9 @@ def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
     recorded = _against_spec(spec, recorded, now)
     verdict = _may_proceed(spec, recorded, now)
     events: list[Event] = []
-    was_failing, failing = _failing_summary(state), _failing_summary(recorded)
+    # Warn when the set of failing consumers changes, not on every new message (a PromQL value
+    # that moves from 12 to 9 is the same failure).
+    was_failing, failing = _failing(spec, state), _failing(spec, recorded)
     if failing and failing != was_failing:
         events.append(Event("Warning", "ConsumerFailing", verdict.message))
     elif was_failing and not failing:
