@@ -49,6 +49,18 @@ def events_of(kapi: KubeApi, namespace: str, name: str) -> list[dict[str, Any]]:
                   key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
 
 
+def wait_reasons(kapi: KubeApi, namespace: str, name: str,
+                 predicate: Callable[[list[str]], bool], *, what: str = "events",
+                 timeout: float = 30) -> list[str]:
+    """The event reasons, once ``predicate`` holds for them. The operator posts a step's
+    events just after persisting its status, so a test that saw the status waits for them."""
+    def check() -> list[str] | None:
+        reasons = [e["reason"] for e in events_of(kapi, namespace, name)]
+        return reasons if predicate(reasons) else None
+
+    return wait_for(check, timeout=timeout, what=what)
+
+
 @dataclass
 class SecretWitness:
     """Watches one Secret and checks the slot invariants on every change it sees.

@@ -25,6 +25,7 @@ from tests.operator.helpers import (
     await_status,
     condition,
     events_of,
+    wait_reasons,
     wait_status,
 )
 
@@ -61,7 +62,8 @@ def test_first_version_is_issued(control_plane: ControlPlane, kapi: KubeApi, nam
     value = base64.b64decode(secret["data"]["current"]).decode()
     assert len(value) == 48 and all(c in "0123456789abcdef" for c in value)
     assert set(secret["data"]) == {"current", "fingerprint.key", "versions.json"}
-    reasons = [e["reason"] for e in events_of(kapi, namespace, "first")]
+    # Events are posted after the status write they describe: wait for them, then compare.
+    reasons = wait_reasons(kapi, namespace, "first", lambda r: "Issued" in r)
     assert reasons == ["RotationStarted", "Issued"]
     health = json.loads(operator.fetch(f"http://127.0.0.1:{operator.liveness_port}/healthz"))
     assert isinstance(health, dict)  # kopf's liveness probe answers with its activities
@@ -106,7 +108,7 @@ async def test_zero_downtime_with_lagging_acceptor(
     assert status["currentVersion"] >= 4 and status["latestVersion"] == status["currentVersion"]
     assert witness.problems == []
     assert witness.currents == list(range(1, witness.currents[-1] + 1))
-    reasons = [e["reason"] for e in events_of(kapi, namespace, "api-key")]
+    reasons = wait_reasons(kapi, namespace, "api-key", lambda r: r.count("Revoked") >= 3)
     for reason in ("RotationStarted", "Staged", "Accepted", "Promoted", "Retired", "Revoked"):
         assert reasons.count(reason) >= 3
     assert (operator.metric("keyrotor_rotations_total", namespace=namespace, name="api-key",
@@ -190,8 +192,8 @@ async def test_failing_consumer_holds_then_recovers(
     assert status["currentVersion"] == 2 and status.get("previousVersion") is None
     assert condition(status, "Degraded")["status"] == "False"
     assert operator.metric("keyrotor_rotation_holding", namespace=namespace, name="held") == 0
-    reasons = [e["reason"] for e in events_of(kapi, namespace, "held")]
-    assert "ConsumersRecovered" in reasons and "Revoked" in reasons
+    reasons = wait_reasons(kapi, namespace, "held", lambda r: "Revoked" in r)
+    assert "ConsumersRecovered" in reasons
     assert witness.problems == []
 
 
@@ -258,6 +260,7 @@ def test_secret_owned_by_someone_else(control_plane: ControlPlane, kapi: KubeApi
     assert condition(status, "Ready")["status"] == "False"
     secret = kapi.get_secret(namespace, "taken")
     assert secret is not None and set(secret["data"]) == {"password"}
+    wait_reasons(kapi, namespace, "taken", lambda r: "SecretConflict" in r)
     warnings = [e for e in events_of(kapi, namespace, "taken") if e["type"] == "Warning"]
     assert len(warnings) == 1 and warnings[0]["reason"] == "SecretConflict"
 

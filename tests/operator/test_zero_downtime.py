@@ -25,7 +25,7 @@ from keyrotor.testing.prometheusserver import PrometheusServer
 from keyrotor.testing.secretmount import SecretMirror
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
-from tests.operator.helpers import events_of, wait_status
+from tests.operator.helpers import events_of, wait_reasons, wait_status
 
 ROTATIONS = 5
 
@@ -155,8 +155,8 @@ def test_two_keys_zero_downtime(control_plane: ControlPlane, kapi: KubeApi, name
     reloads = prometheus.query(
         f'max_over_time(keyrotor_client_reloads_total{{job="{job}-presenter"}}[10m])')
     assert float(reloads[0]["value"][1]) >= ROTATIONS
-    reasons = [e["reason"] for e in events_of(kapi, namespace, "api-key")]
-    assert reasons.count("Revoked") >= ROTATIONS
+    reasons = wait_reasons(kapi, namespace, "api-key",
+                           lambda r: r.count("Revoked") >= ROTATIONS)
     # The fleet probe mattered: after a promotion it saw a presenter still on the old version,
     # and the rotation waited for it (a revocation always follows its Retired verdict).
     fleet_messages = [e["message"] for e in events_of(kapi, namespace, "api-key")
