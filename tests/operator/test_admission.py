@@ -49,6 +49,11 @@ CASES = [
     ("same role twice", {**VALID, "target": {"postgres": {
         "host": "db", "roles": ["a", "a"], "adminSecretRef": {"name": "pg"}}}},
      "spec.target.postgres.roles must name two different roles"),
+    ("zero failure threshold", {**VALID, "verification": {"failureThreshold": 0}},
+     "spec.verification.failureThreshold in body should be greater than or equal to 1"),
+    ("consumer during a phase that does not exist", {**VALID, "consumers": [
+        {"name": "api", "during": "Always", "http": {"url": "http://a"}}]},
+     'spec.consumers[0].during: Unsupported value: "Always"'),
     ("restart unknown kind", {**VALID, "rolloutRestartTargets": [{"kind": "Pod", "name": "x"}]},
      'spec.rolloutRestartTargets[0].kind: Unsupported value: "Pod"'),
     ("consumer url scheme", {**VALID, "consumers": [{"name": "api", "http": {"url": "ftp://x"}}]},
@@ -90,7 +95,8 @@ def test_valid_one_is_accepted_with_defaults(control_plane: ControlPlane, crds: 
     spec = got["spec"]
     assert spec["strategy"] == "TwoKeys" and spec["deletionPolicy"] == "Retain"
     assert spec["rotation"] == {"minOverlap": "10m", "maxOverlap": "24h", "suspend": False}
-    assert spec["verification"] == {"interval": "15s", "successesRequired": 3}
+    assert spec["verification"] == {"interval": "15s", "successesRequired": 3,
+                                    "failureThreshold": 3}
     assert spec["generator"]["random"] == {"length": 32, "encoding": "base64url"}
 
 
