@@ -165,9 +165,9 @@ class Reconciler:
         probe = None
         version = probe_due(rspec, state, now)
         if version is not None:
-            acceptance = state.next is not None
-            restarts = [] if acceptance else spec.get("rolloutRestartTargets") or []
-            wanted = set(rspec.expected(acceptance=acceptance))
+            stage = state.stage
+            restarts = (spec.get("rolloutRestartTargets") or []) if stage == "retirement" else []
+            wanted = set(rspec.expected(stage))
             probe = await self._probe(spec["secretName"], owner,
                                       [p for p in probes if p.name in wanted], version, restarts)
             now = self.clock()

@@ -39,6 +39,7 @@ T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 CONSUMERS = ("api", "worker")
 ROLLOUT = "Deployment/api"  # a rollout restart target: checked only before revoking
 GATE = "gate"  # a consumer with during: Acceptance
+READY = "presenters"  # a consumer with during: Activation
 TICKS = st.sampled_from([0.001, 0.5, 1, 5, 15, 59, 61, 600, 3600, 86400, 30 * 86400])
 
 
@@ -59,19 +60,20 @@ class RotationMachine(RuleBasedStateMachine):
                 every=st.sampled_from([None, 60.0, 3600.0, 86400.0]),
                 rollout=st.sampled_from([(), (ROLLOUT,)]),
                 gate=st.sampled_from([(), (GATE,)]),
+                ready=st.sampled_from([(), (READY,)]),
                 activate_after=st.sampled_from([None, 0.0, 90.0]))
     def setup(self, strategy: Strategy, consumers: tuple[str, ...], successes: int,
               every: float | None, rollout: tuple[str, ...], gate: tuple[str, ...],
-              activate_after: float | None) -> None:
+              ready: tuple[str, ...], activate_after: float | None) -> None:
         self.now = T0
         self.spec = RotationSpec(strategy=strategy, every=every, min_overlap=600,
                                  max_overlap=3600, interval=15, successes_required=successes,
                                  consumer_names=consumers, retirement_names=rollout,
-                                 acceptance_names=gate,
+                                 acceptance_names=gate, activation_names=ready,
                                  activate_after=activate_after)
         self.persisted: dict[str, object] = {}
         self.slots: Slots[str] = Slots()
-        self.healthy = dict.fromkeys((*CONSUMERS, ROLLOUT, GATE), True)
+        self.healthy = dict.fromkeys((*CONSUMERS, ROLLOUT, GATE, READY), True)
         self.activated_at: dict[int, datetime.datetime] = {}
         self.trigger: str | None = None
         self.history = History()
@@ -84,7 +86,7 @@ class RotationMachine(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.now += datetime.timedelta(seconds=seconds)
 
-    @rule(name=st.sampled_from((*CONSUMERS, ROLLOUT, GATE)), ok=st.booleans())
+    @rule(name=st.sampled_from((*CONSUMERS, ROLLOUT, GATE, READY)), ok=st.booleans())
     def consumer_health(self, name: str, ok: bool) -> None:
         self.healthy[name] = ok
 
@@ -102,7 +104,8 @@ class RotationMachine(RuleBasedStateMachine):
             min_overlap=min_overlap, max_overlap=max_overlap, interval=self.spec.interval,
             successes_required=successes, consumer_names=consumers,
             retirement_names=self.spec.retirement_names, activate_after=self.spec.activate_after,
-            acceptance_names=self.spec.acceptance_names)
+            acceptance_names=self.spec.acceptance_names,
+            activation_names=self.spec.activation_names)
 
     # ---- the operator --------------------------------------------------------------------------
 
@@ -115,11 +118,11 @@ class RotationMachine(RuleBasedStateMachine):
         self.history.materials[version] = material
         return material
 
-    def _probe(self, version: int, acceptance: bool) -> ProbeRound:
+    def _probe(self, version: int, stage: str) -> ProbeRound:
         results = tuple(ConsumerResult(name=n, ok=self.healthy[n],
                                        message="ok" if self.healthy[n] else "HTTP 401",
                                        pending=n == ROLLOUT)
-                        for n in self.spec.expected(acceptance=acceptance))
+                        for n in self.spec.expected(stage))
         round_ = ProbeRound(version=version, results=results)
         self.history.rounds.append((version, round_.ok))
         return round_
@@ -136,11 +139,11 @@ class RotationMachine(RuleBasedStateMachine):
     def _carry_out(self, crash_after_effect: bool) -> None:
         state = self._state()
         version = probe_due(self.spec, state, self.now)
-        probe = self._probe(version, state.next is not None) if version is not None else None
+        probe = self._probe(version, state.stage) if version is not None else None
         result = step(self.spec, state, now=self.now, trigger=self.trigger, probe=probe)
         effect = result.effect
         if (isinstance(effect, PromoteTo) and not effect.generate
-                and self.spec.expected(acceptance=True)):
+                and self.spec.expected("acceptance")):
             # Invariant 2: presented only after every acceptor accepted it enough times.
             assert self._passed_rounds(effect.version) >= self.spec.successes_required
         revokes_now = (isinstance(effect, Revoke) and self.slots.previous is not None
@@ -151,7 +154,7 @@ class RotationMachine(RuleBasedStateMachine):
             promoted = self.history.promoted_at[current.version]
             # Invariant 2 / 6: never revoked before minOverlap, nor while consumers fail.
             assert (self.now - promoted).total_seconds() >= self.spec.min_overlap
-            if self.spec.expected(acceptance=False):
+            if self.spec.expected("retirement"):
                 assert self._passed_rounds(current.version) >= self.spec.successes_required
             if self.spec.strategy == Strategy.ONE_KEY and self.spec.activate_after is not None:
                 # The target swapped before the old version was revoked, never after.
@@ -163,6 +166,9 @@ class RotationMachine(RuleBasedStateMachine):
             assert self.slots.previous is not None, "activated with no fallback"
             waited = (self.now - self.history.promoted_at[effect.version]).total_seconds()
             assert waited >= (self.spec.activate_after or 0.0)
+            if self.spec.activation_names and effect.version not in self.activated_at:
+                # Swapped only after the presenters were seen holding the version.
+                assert self._passed_rounds(effect.version) >= self.spec.successes_required
             self.activated_at.setdefault(effect.version, self.now)
         if effect is not None:
             before = self.slots.current

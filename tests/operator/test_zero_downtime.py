@@ -179,8 +179,10 @@ def test_one_key_zero_downtime_through_the_fallback(
         prometheus: PrometheusServer, fleet: Fleet) -> None:
     """OneKey against a service that holds exactly one key (the webhook target in one-key
     mode). Presenters get the new key as current first and fall back to previous while the
-    service rejects it; the operator swaps the service after activateAfter, and revokes
-    previous only when Prometheus shows no rejected presentation of current any more."""
+    service rejects it. The presenter sees the Secret 1.5 s late and activateAfter is 0: the
+    operator swaps the service only when Prometheus shows every presenter holding the new key
+    (a ``during: Activation`` probe), and revokes previous only when Prometheus shows no
+    rejected presentation of the new version any more."""
     job = f"onekey-{namespace}"
     token = secrets.token_urlsafe(24)
     token_file = fleet.tmp / "token"
@@ -193,20 +195,24 @@ def test_one_key_zero_downtime_through_the_fallback(
     kapi.core.create_namespaced_secret(namespace, {
         "metadata": {"name": "keyservice-admin"},
         "data": {"token": base64.b64encode(token.encode()).decode()}})
+    presenters_hold = (f'min(keyrotor_client_secret_version{{job="{job}-presenter",'
+                       f'slot="current"}}) >= bool {{{{ candidate_version }}}}')
     rejected_new = (f'sum(increase(keyrotor_client_presentations_total{{job="{job}-presenter",'
                     f'version="{{{{ candidate_version }}}}",result="rejected"}}[3s])) or vector(0)')
     apply(control_plane, namespace, rotating_secret(
         "service-key", strategy="OneKey", generator={"random": {"length": 32}},
         rotation={"every": "1s", "minOverlap": "1s", "maxOverlap": "2m"},
         verification={"interval": "500ms", "successesRequired": 2, "failureThreshold": 1},
-        target={"activateAfter": "2s", "webhook": {
+        target={"activateAfter": "0s", "webhook": {
             "url": service, "authSecretRef": {"name": "keyservice-admin"}}},
-        consumers=[{"name": "service", "target": {}},
+        consumers=[{"name": "presenters", "during": "Activation", "prometheus": {
+                       "url": prometheus.url, "query": presenters_hold, "expect": "== 1"}},
+                   {"name": "service", "target": {}},
                    {"name": "fleet", "prometheus": {"url": prometheus.url,
                                                     "query": rejected_new}}]))
     wait_status(kapi, namespace, "service-key", lambda s: s.get("currentVersion") == 1,
                 what="version 1")
-    proc, stats = presenter(fleet, fleet.mount("presenter", "service-key", period=0.3),
+    proc, stats = presenter(fleet, fleet.mount("presenter", "service-key", period=1.5),
                             f"{service}/api", job, prometheus, fallback=True)
     wait_for(lambda: prometheus.up(f"{job}-presenter"), timeout=30, what="presenter scraped")
     start = int((kapi.get_rotating_secret(namespace, "service-key") or {})
@@ -214,6 +220,12 @@ def test_one_key_zero_downtime_through_the_fallback(
     wait_status(kapi, namespace, "service-key",
                 lambda s: s.get("rotationCount", 0) >= start + ROTATIONS, timeout=300,
                 what=f"{ROTATIONS} rotations while the presenter is watched")
+    # Stop rotating while the presenter still runs: a rotation waiting to activate waits for
+    # it (without presenters holding the new key, the swap would never be safe).
+    control_plane.kubectl("patch", "rsec", "service-key", "-n", namespace, "--type=merge",
+                          "-p", '{"spec": {"rotation": {"suspend": true}}}')
+    status = wait_status(kapi, namespace, "service-key", lambda s: s.get("phase") == "Idle",
+                         timeout=60, what="the last rotation to finish")
     tally = finish(proc, stats)
     remember_secret(kapi.get_secret(namespace, "service-key"))
 
@@ -228,8 +240,9 @@ def test_one_key_zero_downtime_through_the_fallback(
         counts[key] = counts.get(key, 0.0) + float(r["value"][1])
     assert counts.get(("current", "rejected"), 0) > 0, counts
     assert counts.get(("previous", "accepted"), 0) > 0, counts
+    reasons = wait_reasons(kapi, namespace, "service-key",
+                           lambda r: r.count("Revoked") >= ROTATIONS)
     events = events_of(kapi, namespace, "service-key")
-    reasons = [e["reason"] for e in events]
     assert reasons.count("Activated") >= ROTATIONS
     assert reasons.count("Revoked") >= ROTATIONS
     # Each revocation came after the swap and after the fleet query read zero.
@@ -240,10 +253,6 @@ def test_one_key_zero_downtime_through_the_fallback(
             assert "Retired" in before[last_activated:], reasons
     assert any("consumer fleet: query = " in e["message"] for e in events
                if e["reason"] == "ConsumerFailing")
-    control_plane.kubectl("patch", "rsec", "service-key", "-n", namespace, "--type=merge",
-                          "-p", '{"spec": {"rotation": {"suspend": true}}}')
-    status = wait_status(kapi, namespace, "service-key", lambda s: s.get("phase") == "Idle",
-                         timeout=60, what="the last rotation to finish")
     keys = json.loads(client_get(f"{service}/keys"))
     assert keys["versions"] == [status["currentVersion"]]  # one key, the current one
 

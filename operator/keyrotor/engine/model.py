@@ -66,14 +66,21 @@ class RotationSpec:
     # Checked only before revoking: ``during: Retirement`` consumers and the rollout restarts
     # of spec.rolloutRestartTargets.
     retirement_names: tuple[str, ...] = ()
+    # OneKey with a target: the only consumers probed before the target swaps
+    # (``during: Activation``, e.g. "every presenter holds the new version").
+    activation_names: tuple[str, ...] = ()
     # OneKey with a target: how long presenters get to load the new version before the target
     # swaps to it (None: there is no target to activate).
     activate_after: float | None = None
 
-    def expected(self, *, acceptance: bool) -> tuple[str, ...]:
-        """The names whose probe results a verifying phase waits for."""
-        return self.consumer_names + (self.acceptance_names if acceptance
-                                      else self.retirement_names)
+    def expected(self, stage: str) -> tuple[str, ...]:
+        """The names whose probe results ``stage`` (see :attr:`RotationState.stage`) waits
+        for. Before activation only ``during: Activation`` consumers count: the target does
+        not accept the new version yet, so the others would fail."""
+        if stage == "activation":
+            return self.activation_names
+        extra = self.acceptance_names if stage == "acceptance" else self.retirement_names
+        return self.consumer_names + extra
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> RotationSpec:
@@ -103,6 +110,7 @@ class RotationSpec:
                                             field="spec.revocation.delay"),
             consumer_names=_during(spec, "Both"),
             acceptance_names=_during(spec, "Acceptance"),
+            activation_names=_during(spec, "Activation"),
             retirement_names=_during(spec, "Retirement") + tuple(
                 restart_name(t) for t in spec.get("rolloutRestartTargets") or ()),
             activate_after=_activate_after(spec),
@@ -186,6 +194,15 @@ class RotationState:
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)
+
+    @property
+    def stage(self) -> str:
+        """What verification is for now: ``acceptance`` of a staged version (TwoKeys),
+        ``activation`` of the current one at the target (OneKey), or ``retirement`` of the
+        previous one."""
+        if self.next is not None:
+            return "acceptance"
+        return "activation" if self.phase == Phase.ACTIVATING else "retirement"
 
     @property
     def rotating(self) -> bool:

@@ -111,7 +111,7 @@ def _consumers_pending(f: Facts) -> Verdict | None:
 
 
 def _not_yet_verified(f: Facts) -> Verdict | None:
-    if not f.spec.expected(acceptance=f.state.next is not None):
+    if not f.spec.expected(f.state.stage):
         return None
     done, needed = f.state.successful_rounds, f.spec.successes_required
     if done < needed:
@@ -143,6 +143,28 @@ def _accepted(f: Facts) -> Verdict:
 
 MAY_PROMOTE: tuple[Check, ...] = (
     _consumers_failing, _consumers_pending, _not_yet_verified, _unprobed_staging_floor, _accepted,
+)
+
+
+def _activation_floor(f: Facts) -> Verdict | None:
+    started, wait = f.state.phase_start_time, f.spec.activate_after or 0.0
+    if started is None or wait <= 0:
+        return None
+    until = started + datetime.timedelta(seconds=wait)
+    if f.now < until:
+        return Verdict(False, "ActivateAfter", f"presenters get until {_ts(until)} to load "
+                       f"version {f.state.current} (activateAfter {format_duration(wait)})")
+    return None
+
+
+def _ready_to_activate(f: Facts) -> Verdict:
+    return Verdict(True, "Activating", f"presenters hold version {f.state.current}; the "
+                   "target may swap to it")
+
+
+MAY_ACTIVATE: tuple[Check, ...] = (
+    _consumers_failing, _consumers_pending, _not_yet_verified, _activation_floor,
+    _ready_to_activate,
 )
 
 

@@ -57,7 +57,7 @@ VERIFYING = (Phase.VERIFYING_ACCEPTANCE, Phase.VERIFYING_RETIREMENT, Phase.HOLDI
 
 def probe_due(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> int | None:
     """The version the consumers should be probed with now, or None."""
-    if state.phase not in VERIFYING or not spec.expected(acceptance=state.next is not None):
+    if state.phase not in (*VERIFYING, Phase.ACTIVATING) or not spec.expected(state.stage):
         return None
     last = state.last_probe_time
     if last is not None and (now - last).total_seconds() < spec.interval:
@@ -73,7 +73,7 @@ def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     if state.phase in (Phase.GENERATING, Phase.STAGING):
         return _generate(spec, state, now)
     if state.phase == Phase.ACTIVATING:
-        return _activate(spec, state, now)
+        return _activate(spec, state, now, probe)
     if state.phase == Phase.PROMOTING:
         return (_reconsider(spec, state, now, Phase.VERIFYING_ACCEPTANCE)
                 or _promote(state, now))
@@ -145,16 +145,21 @@ def _promoted(state: RotationState, version: int, now: datetime.datetime) -> Rot
     )
 
 
-def _activate(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:
+def _activate(spec: RotationSpec, state: RotationState, now: datetime.datetime,
+              probe: ProbeRound | None) -> Step:
     version = state.current
     assert version is not None, "Activating always follows a promotion"
-    wait = spec.activate_after or 0.0
-    if state.phase_start_time is not None:
-        wait -= (now - state.phase_start_time).total_seconds()
-    if wait > 0:
-        return Step(state, requeue_after=wait)
+    recorded = _record(spec, state, probe, now) if probe is not None else state
+    recorded = _against_spec(spec, recorded, now)
+    verdict = policies.decide(policies.MAY_ACTIVATE,
+                              policies.Facts(spec=spec, state=recorded, now=now))
+    if not verdict.go:
+        # No Holding here: until the swap the old key works at the target, nothing is at risk.
+        waiting = recorded.evolve(message=verdict.message)
+        return Step(waiting, requeue_after=_next_wake(spec, waiting, now))
     active = state.evolve(
-        phase=Phase.VERIFYING_RETIREMENT, phase_start_time=now,
+        phase=Phase.VERIFYING_RETIREMENT, phase_start_time=now, successful_rounds=0,
+        last_probe_time=None, verified_time=None, consumers=(),
         message=f"the target accepts version {version} only; verifying that its failures "
                 "reach zero")
     return Step(active, effect=Activate(version), events=(Event(
@@ -211,7 +216,7 @@ def _against_spec(spec: RotationSpec, state: RotationState,
                   now: datetime.datetime) -> RotationState:
     """Probe results count only for the consumers the spec lists now: results of consumers
     that left are dropped, and a consumer that joined voids the rounds counted without it."""
-    names = spec.expected(acceptance=state.next is not None)
+    names = spec.expected(state.stage)
     kept = tuple(c for c in state.consumers if c.name in names)
     state = state.evolve(consumers=kept)
     if not names:
@@ -286,7 +291,7 @@ def _verify(spec: RotationSpec, state: RotationState, now: datetime.datetime,
 def _next_wake(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> float:
     """Seconds until something can change: the next probe, or the end of a floor or delay."""
     candidates: list[datetime.datetime] = []
-    if spec.expected(acceptance=state.next is not None):
+    if spec.expected(state.stage):
         last = state.last_probe_time or now
         candidates.append(last + datetime.timedelta(seconds=spec.interval))
     floors = [
@@ -295,6 +300,8 @@ def _next_wake(spec: RotationSpec, state: RotationState, now: datetime.datetime)
         (state.verified_time, spec.revocation_delay),
         (state.phase_start_time, spec.max_overlap),
     ]
+    if state.phase == Phase.ACTIVATING:
+        floors.append((state.phase_start_time, spec.activate_after or 0.0))
     for since, seconds in floors:
         if since is not None:
             candidates.append(since + datetime.timedelta(seconds=seconds))
