@@ -44,13 +44,13 @@ from keyrotor.engine.model import (
 )
 from keyrotor.engine.rotation import probe_due, step
 from keyrotor.engine.schedule import next_rotation_time
-from keyrotor.generators import Generator, Material, from_spec
+from keyrotor.generators import Generator, Material, from_spec, main_value
 from keyrotor.kube import Conflict
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
 from keyrotor.publishing.secret import Owner, SecretConflict, decode, render
 from keyrotor.publishing.slots import SlotError
 from keyrotor.restarts import Restarter
-from keyrotor.targets import Target
+from keyrotor.targets import USERNAME, Target
 from keyrotor.targets import from_spec as target_from_spec
 
 log = logging.getLogger("keyrotor.reconciler")
@@ -76,11 +76,20 @@ Prober = Callable[[list[Probe], dict[str, str]], Any]
 
 def slot_text(material: Material) -> str:
     """The text a probe template sees for a slot: the main value, base64 if it is binary."""
-    main = material.get("") or next(iter(material.values()))
+    main = main_value(material)
     try:
         return main.decode()
     except UnicodeDecodeError:
         return base64.b64encode(main).decode()
+
+
+def _secret_key(namespace: str, name: str, key: str, secret: dict[str, Any] | None) -> bytes:
+    data = (secret or {}).get("data") or {}
+    if key not in data:
+        what = f"Secret {namespace}/{name}" if secret else f"no Secret {namespace}/{name}"
+        raise SpecError("spec.generator", f"{what} has no key {key!r}" if secret else
+                        f"{what}: create it with the credential under key {key!r}")
+    return base64.b64decode(data[key])
 
 
 def _probes(consumers: Any, generator: Generator, target: Target | None) -> list[Probe]:
@@ -151,8 +160,7 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         rspec = RotationSpec.parse(spec)
         ctx = Context(namespace=namespace, name=name,
-                      read_secret_key=lambda secret, key: self._secret_key(namespace, secret,
-                                                                           key))
+                      read_secret_key=self._secret_reader(namespace))
         keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
         generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
         target = target_from_spec(spec.get("target"), ctx)
@@ -205,8 +213,8 @@ class Reconciler:
         values["candidate_version"] = str(version)
         if slots.previous is not None:
             values["previous_version"] = str(slots.previous.version)
-        if ".username" in candidate.material:
-            values["candidate_username"] = candidate.material[".username"].decode()
+        if USERNAME in candidate.material:
+            values["candidate_username"] = candidate.material[USERNAME].decode()
         results = list(await self.prober(probes, values))
         for workload in restarts:
             if self.restarter is None:
@@ -221,14 +229,17 @@ class Reconciler:
                 metrics.PROBE_FAILURES.labels(owner.namespace, owner.name, r.name).inc()
         return ProbeRound(version=version, results=tuple(results))
 
-    def _secret_key(self, namespace: str, name: str, key: str) -> bytes:
-        secret = self.api.get_secret(namespace, name)
-        data = (secret or {}).get("data") or {}
-        if key not in data:
-            what = f"Secret {namespace}/{name}" if secret else f"no Secret {namespace}/{name}"
-            raise SpecError("spec.generator", f"{what} has no key {key!r}" if secret else
-                            f"{what}: create it with the credential under key {key!r}")
-        return base64.b64decode(data[key])
+    def _secret_reader(self, namespace: str) -> Callable[[str, str], bytes]:
+        """Reads keys of Secrets for one reconcile; each Secret is fetched once (a postgres
+        target reads the user name and the password from the same one)."""
+        fetched: dict[str, dict[str, Any] | None] = {}
+
+        def read(name: str, key: str) -> bytes:
+            if name not in fetched:
+                fetched[name] = self.api.get_secret(namespace, name)
+            return _secret_key(namespace, name, key, fetched[name])
+
+        return read
 
     def _publish(self, effect: Effect, secret_name: str, owner: Owner,
                  generator: Generator, target: Target | None) -> None:
@@ -255,7 +266,7 @@ class Reconciler:
         else:
             raise Conflict(f"Secret {owner.namespace}/{secret_name} kept changing")
         if isinstance(effect, Activate) and target is not None:
-            slots, _ = decode(self.api.get_secret(owner.namespace, secret_name))
+            slots, _ = decode(current)  # Activate leaves the Secret as read just above
             if slots.current is None or slots.current.version != effect.version:
                 raise SlotError(f"version {effect.version} is not current in Secret "
                                 f"{secret_name}; refusing to activate it at the target")

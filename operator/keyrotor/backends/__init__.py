@@ -15,11 +15,15 @@ needs a human, and says what to do.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from keyrotor import metrics
 
@@ -36,6 +40,19 @@ class BackendUnavailable(BackendError):
 
 class BackendConflict(BackendError):
     reason = "BackendConflict"
+
+
+def ca_file(pem: str) -> str:
+    """A file holding ``pem``, for clients (requests) that want a path. One per distinct
+    bundle, named by its hash and written once (atomically): reconciles come and go, the files
+    do not pile up. CA certificates are public."""
+    data = pem.encode()
+    path = Path(tempfile.gettempdir()) / f"keyrotor-ca-{hashlib.sha256(data).hexdigest()[:16]}.pem"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)
 
 
 @dataclass(frozen=True)

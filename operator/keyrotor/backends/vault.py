@@ -15,9 +15,6 @@ held in memory only and never logged.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ import hvac
 import requests
 from hvac import exceptions as vault_errors
 
-from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
+from keyrotor.backends import BackendConflict, BackendUnavailable, Context, ca_file, measured
 from keyrotor.engine.model import SpecError
 from keyrotor.generators import Material
 from keyrotor.generators.local import RandomString
@@ -44,18 +41,7 @@ def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
     address = spec.get("address")
     if not address:
         raise SpecError("spec.generator.vault.address", "required, e.g. https://vault:8200")
-    verify: bool | str = True
-    if spec.get("caBundle"):
-        # requests wants a file. One per distinct bundle (named by its hash), written once:
-        # reconciles come and go, the files do not pile up. CA certificates are public.
-        pem = spec["caBundle"].encode()
-        ca_path = Path(tempfile.gettempdir()) / \
-            f"keyrotor-vault-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
-        if not ca_path.is_file():
-            tmp = ca_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(pem)
-            tmp.replace(ca_path)
-        verify = str(ca_path)
+    verify: bool | str = ca_file(spec["caBundle"]) if spec.get("caBundle") else True
     client = hvac.Client(url=address, verify=verify, timeout=10)
     auth = spec.get("auth") or {}
     with measured("vault", "login"):

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 Material = dict[str, bytes]
 
 
+def main_value(material: Material) -> bytes:
+    """The value a slot stands for: the ``""`` entry, else the first one."""
+    return material.get("") or next(iter(material.values()))
+
+
 class Generator(Protocol):
     @property
     def kind(self) -> str: ...

@@ -9,8 +9,7 @@ import aiohttp
 
 from keyrotor.backends import BackendError
 from keyrotor.engine.model import ConsumerResult
-from keyrotor.targets import Target
-from keyrotor.targets.postgres import USERNAME
+from keyrotor.targets import USERNAME, Target
 
 
 @dataclass(frozen=True)

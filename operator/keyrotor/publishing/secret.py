@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyrotor.engine.model import Effect
-from keyrotor.generators import Material
+from keyrotor.generators import Material, main_value
 from keyrotor.generators.local import jwks
 from keyrotor.publishing.slots import Slots, Versioned, apply
 
@@ -100,7 +100,7 @@ def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: 
     public_jwks: list[bytes] = []
     for slot, held in slots.filled().items():
         annotations[f"{ANNOTATION_PREFIX}{slot}-version"] = str(held.version)
-        main = held.material.get("") or next(iter(held.material.values()))
+        main = main_value(held.material)
         annotations[f"{ANNOTATION_PREFIX}{slot}-fingerprint"] = fingerprint(fingerprint_key,
                                                                              main)
         for suffix, value in held.material.items():

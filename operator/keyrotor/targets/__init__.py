@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from keyrotor.backends import Context
 
 KINDS = ("postgres", "webhook")
+USERNAME = ".username"  # material suffix of a login name (the postgres target publishes it)
 
 
 class Target(Protocol):
@@ -39,10 +40,6 @@ class Target(Protocol):
     def check(self, material: Material) -> tuple[bool, str]:
         """(accepted?, a message that never carries the material)."""
         ...
-
-
-def main_value(material: Material) -> bytes:
-    return material.get("") or next(iter(material.values()))
 
 
 def from_spec(spec: dict[str, Any] | None, ctx: Context) -> Target | None:

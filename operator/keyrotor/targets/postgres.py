@@ -23,10 +23,8 @@ from psycopg import sql
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
 from keyrotor.engine.model import SpecError
-from keyrotor.generators import Material
-from keyrotor.targets import main_value
-
-USERNAME = ".username"
+from keyrotor.generators import Material, main_value
+from keyrotor.targets import USERNAME
 
 
 @dataclass(frozen=True)

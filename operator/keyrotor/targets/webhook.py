@@ -17,19 +17,15 @@ docs/webhook-target.md has the full contract and a reference service.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
 
-from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
+from keyrotor.backends import BackendConflict, BackendUnavailable, Context, ca_file, measured
 from keyrotor.engine.durations import parse_duration
-from keyrotor.generators import Material
-from keyrotor.targets import main_value
+from keyrotor.generators import Material, main_value
 
 REJECTED = (401, 403, 404)
 
@@ -53,16 +49,6 @@ class WebhookTarget:
                    timeout=parse_duration(spec.get("timeout", "10s"),
                                           field="spec.target.webhook.timeout"))
 
-    def _verify(self) -> str | bool:
-        if not self.ca_bundle:
-            return True
-        # requests takes a file; one per distinct bundle, named by content, reused.
-        digest = hashlib.sha256(self.ca_bundle.encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"keyrotor-webhook-ca-{digest}.pem"
-        if not path.exists():
-            path.write_text(self.ca_bundle)
-        return str(path)
-
     def _call(self, operation: str, method: str, path: str,
               body: dict[str, Any] | None = None) -> requests.Response:
         headers = {"Content-Type": "application/json"}
@@ -72,7 +58,9 @@ class WebhookTarget:
             try:
                 return requests.request(method, f"{self.url}{path}", headers=headers,
                                         data=json.dumps(body) if body is not None else None,
-                                        timeout=self.timeout, verify=self._verify(),
+                                        timeout=self.timeout,
+                                        verify=ca_file(self.ca_bundle) if self.ca_bundle
+                                        else True,
                                         allow_redirects=False)
             except requests.RequestException as exc:
                 raise BackendUnavailable(
