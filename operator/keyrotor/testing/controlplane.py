@@ -20,14 +20,12 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import ipaddress
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -46,14 +44,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from keyrotor.testing.processes import spawn, stop, wait_until
 from keyrotor.testing.toolchain import Binaries, ensure_binaries
 
 DIR_PREFIX = "keyrotor-cp-"
-PR_SET_PDEATHSIG = 1
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane did not come up; the message carries the tail of the failing log."""
 
 
 def free_port() -> int:
@@ -61,12 +55,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: the kernel sends SIGKILL when the parent dies.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -222,17 +210,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Kill both processes (apiserver first) and remove the directory. Safe to call twice."""
         for name in ("kube-apiserver", "etcd"):
-            proc = self._procs.pop(name, None)
-            if proc is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop(self._procs.pop(name, None))
         if self.attached and getattr(self, "workdir", None) is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -246,40 +224,13 @@ class ControlPlane:
     # ---- the two servers ------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, killed as one
-            preexec_fn=_die_with_parent if self.attached else None,
-        )
-        log.close()
+        proc = spawn(args, self.workdir / f"{name}.log", attached=self.attached)
         self._procs[name] = proc
         return proc
 
-    def _log_tail(self, name: str, lines: int = 30) -> str:
-        try:
-            text = (self.workdir / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     def _wait_until(self, name: str, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        proc = self._procs[name]
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ControlPlaneError(
-                    f"{name} exited with {proc.returncode}:\n{self._log_tail(name)}"
-                )
-            if check():
-                return
-            time.sleep(0.1)
-        raise ControlPlaneError(
-            f"{name} not ready after {self.startup_timeout:.0f}s:\n{self._log_tail(name)}"
-        )
+        wait_until(check, self._procs[name], self.workdir / f"{name}.log", name,
+                   timeout=self.startup_timeout)
 
     def _start_etcd(self) -> None:
         assert self.binaries is not None

@@ -7,6 +7,7 @@ leaves nothing behind; servers that refuse to run as root (PostgreSQL) run as a 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import signal
@@ -15,21 +16,28 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from keyrotor.testing.controlplane import _die_with_parent
+PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
-    pass
+    """A server did not come up; the message carries the tail of its log."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel sends SIGKILL when the parent dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
-          user: str | None = None) -> subprocess.Popen[bytes]:
+          user: str | None = None, attached: bool = True) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own process group, output appended to ``log``; as ``user`` when
-    we are root and ``user`` is given."""
+    we are root and ``user`` is given; dying with us unless not ``attached``."""
     account = pwd.getpwnam(user) if user and os.geteuid() == 0 else None
 
     def prepare() -> None:
-        _die_with_parent()
+        if attached:
+            _die_with_parent()
         if account is not None:
             os.setgid(account.pw_gid)
             os.setuid(account.pw_uid)

@@ -8,13 +8,10 @@ mounted at ``secret/`` and Transit at ``transit/``.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,12 +19,9 @@ from types import TracebackType
 import hvac
 import requests
 
-from keyrotor.testing.controlplane import _ca_and_serving_cert, _die_with_parent, free_port
+from keyrotor.testing.controlplane import _ca_and_serving_cert, free_port
+from keyrotor.testing.processes import spawn, stop, wait_until
 from keyrotor.testing.toolchain import ensure_vault
-
-
-class VaultServerError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,29 +79,16 @@ class VaultServer:
     def start(self) -> None:
         """Start (or restart) the server and unseal it if it was initialised before."""
         assert self.binary is not None
-        log = open(self.workdir / "vault.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [str(self.binary), "server", f"-config={self.workdir / 'config.hcl'}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
-            env={**os.environ, "HOME": str(self.workdir), "VAULT_LOG_LEVEL": "warn"})
-        log.close()
+        self.proc = spawn([str(self.binary), "server", f"-config={self.workdir / 'config.hcl'}"],
+                          self.workdir / "vault.log",
+                          env={"HOME": str(self.workdir), "VAULT_LOG_LEVEL": "warn"})
         self._wait(lambda: self._health() is not None, "the listener")
         if self.unseal_key:
             self.client().sys.submit_unseal_key(self.unseal_key)
             self._wait(lambda: self._health() == 200, "unsealed and active")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop(self.proc)
         self.proc = None
 
     def _health(self) -> int | None:
@@ -117,17 +98,10 @@ class VaultServer:
         except requests.RequestException:
             return None
 
-    def _wait(self, check: object, what: str) -> None:
-        assert callable(check)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = (self.workdir / "vault.log").read_text(errors="replace")[-3000:]
-                raise VaultServerError(f"vault exited with {self.proc.returncode}:\n{tail}")
-            if check():
-                return
-            time.sleep(0.1)
-        raise VaultServerError(f"vault not {what} within {self.startup_timeout:.0f}s")
+    def _wait(self, check: Callable[[], bool], what: str) -> None:
+        assert self.proc is not None
+        wait_until(check, self.proc, self.workdir / "vault.log", f"vault ({what})",
+                   timeout=self.startup_timeout)
 
     def _initialise(self) -> None:
         result = hvac.Client(url=self.address, verify=self._verify).sys.initialize(
