@@ -119,15 +119,20 @@ def _not_yet_verified(f: Facts) -> Verdict | None:
     return None
 
 
-def _overlap_floor(f: Facts, since: datetime.datetime | None, what: str) -> Verdict | None:
-    if since is None:
+def _waiting_until(f: Facts, since: datetime.datetime | None,
+                   seconds: float) -> datetime.datetime | None:
+    """The end of a wait of ``seconds`` from ``since``, while it is still ahead."""
+    if since is None or seconds <= 0:
         return None
-    until = since + datetime.timedelta(seconds=f.spec.min_overlap)
-    if f.now < until:
-        return Verdict(False, "MinOverlap",
-                       f"{what} until {_ts(until)} (minOverlap "
-                       f"{format_duration(f.spec.min_overlap)})")
-    return None
+    until = since + datetime.timedelta(seconds=seconds)
+    return until if f.now < until else None
+
+
+def _overlap_floor(f: Facts, since: datetime.datetime | None, what: str) -> Verdict | None:
+    if (until := _waiting_until(f, since, f.spec.min_overlap)) is None:
+        return None
+    return Verdict(False, "MinOverlap", f"{what} until {_ts(until)} (minOverlap "
+                   f"{format_duration(f.spec.min_overlap)})")
 
 
 def _unprobed_staging_floor(f: Facts) -> Verdict | None:
@@ -147,14 +152,11 @@ MAY_PROMOTE: tuple[Check, ...] = (
 
 
 def _activation_floor(f: Facts) -> Verdict | None:
-    started, wait = f.state.phase_start_time, f.spec.activate_after or 0.0
-    if started is None or wait <= 0:
+    wait = f.spec.activate_after or 0.0
+    if (until := _waiting_until(f, f.state.phase_start_time, wait)) is None:
         return None
-    until = started + datetime.timedelta(seconds=wait)
-    if f.now < until:
-        return Verdict(False, "ActivateAfter", f"presenters get until {_ts(until)} to load "
-                       f"version {f.state.current} (activateAfter {format_duration(wait)})")
-    return None
+    return Verdict(False, "ActivateAfter", f"presenters get until {_ts(until)} to load "
+                   f"version {f.state.current} (activateAfter {format_duration(wait)})")
 
 
 def _ready_to_activate(f: Facts) -> Verdict:
@@ -174,12 +176,9 @@ def _min_overlap(f: Facts) -> Verdict | None:
 
 
 def _revocation_delay(f: Facts) -> Verdict | None:
-    if f.spec.revocation_delay <= 0 or f.state.verified_time is None:
+    if (until := _waiting_until(f, f.state.verified_time, f.spec.revocation_delay)) is None:
         return None
-    until = f.state.verified_time + datetime.timedelta(seconds=f.spec.revocation_delay)
-    if f.now < until:
-        return Verdict(False, "RevocationDelay", f"revocation delayed until {_ts(until)}")
-    return None
+    return Verdict(False, "RevocationDelay", f"revocation delayed until {_ts(until)}")
 
 
 def _retired(f: Facts) -> Verdict:
