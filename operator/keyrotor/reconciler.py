@@ -35,6 +35,7 @@ from keyrotor.engine.model import (
     Effect,
     Event,
     Issue,
+    Phase,
     ProbeRound,
     Revoke,
     RotationSpec,
@@ -179,7 +180,12 @@ class Reconciler:
             probe = await self._probe(spec["secretName"], owner,
                                       [p for p in probes if p.name in wanted], version, restarts)
             now = self.clock()
-        result = step(rspec, state, now=now, trigger=trigger, probe=probe)
+        held = None
+        if state.phase in (Phase.PROMOTING, Phase.REVOKING):
+            slots, _ = decode(await asyncio.to_thread(self.api.get_secret, namespace,
+                                                      spec["secretName"]))
+            held = {slot: v.version for slot, v in slots.filled().items()}
+        result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
 
         if result.effect is not None:
             await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,

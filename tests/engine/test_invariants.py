@@ -140,11 +140,17 @@ class RotationMachine(RuleBasedStateMachine):
         state = self._state()
         version = probe_due(self.spec, state, self.now)
         probe = self._probe(version, state.stage) if version is not None else None
-        result = step(self.spec, state, now=self.now, trigger=self.trigger, probe=probe)
+        held = {slot: v.version for slot, v in self.slots.filled().items()}
+        result = step(self.spec, state, now=self.now, trigger=self.trigger, probe=probe,
+                      held=held)
         effect = result.effect
-        if (isinstance(effect, PromoteTo) and not effect.generate
-                and self.spec.expected("acceptance")):
-            # Invariant 2: presented only after every acceptor accepted it enough times.
+        presents_now = (isinstance(effect, PromoteTo) and not effect.generate
+                        and (self.slots.current is None
+                             or self.slots.current.version != effect.version))
+        if presents_now and self.spec.expected("acceptance"):
+            # Invariant 2: presented only after every acceptor accepted it enough times (a
+            # replay after a crash, when the Secret already presents it, changes nothing).
+            assert isinstance(effect, PromoteTo)
             assert self._passed_rounds(effect.version) >= self.spec.successes_required
         revokes_now = (isinstance(effect, Revoke) and self.slots.previous is not None
                        and self.slots.previous.version == effect.version)
@@ -387,3 +393,26 @@ def test_short_failures_while_kubelet_catches_up_are_not_warnings() -> None:
     assert run(fail_rounds=2) == []
     assert run(fail_rounds=6) == ["ConsumerFailing"]  # once, though every message differs
     assert run(fail_rounds=1, threshold=1) == ["ConsumerFailing"]
+
+
+def test_a_crash_after_the_effect_finishes_the_step_instead_of_reconsidering() -> None:
+    """Found by the state machine: the Secret already lost ``previous`` (the Revoke ran, the
+    process died before persisting Idle), then the spec gained a consumer. Reconsidering would
+    hold a version that is gone; the step is finished instead. Same for a done promotion."""
+    spec = RotationSpec(min_overlap=0, max_overlap=600, interval=10, successes_required=1,
+                        consumer_names=("api",))
+    revoking = RotationState(phase=Phase.REVOKING, current=2, previous=1, latest=2,
+                             current_version_time=T0, phase_start_time=T0)
+    later = T0 + datetime.timedelta(hours=1)
+    undecided = step(spec, revoking, now=later, held={"current": 2, "previous": 1})
+    assert undecided.state.phase == Phase.VERIFYING_RETIREMENT and undecided.effect is None
+    done = step(spec, revoking, now=later, held={"current": 2})
+    assert done.state.phase == Phase.IDLE and done.state.previous is None
+    assert done.effect == Revoke(1)  # replayed: idempotent, also at the backend
+
+    promoting = RotationState(phase=Phase.PROMOTING, current=1, next=2, latest=2,
+                              current_version_time=T0, phase_start_time=T0)
+    undecided = step(spec, promoting, now=later, held={"current": 1, "next": 2})
+    assert undecided.state.phase == Phase.VERIFYING_ACCEPTANCE
+    done = step(spec, promoting, now=later, held={"current": 2, "previous": 1})
+    assert done.state.phase == Phase.VERIFYING_RETIREMENT and done.state.current == 2

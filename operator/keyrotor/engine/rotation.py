@@ -66,8 +66,14 @@ def probe_due(spec: RotationSpec, state: RotationState, now: datetime.datetime) 
 
 
 def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
-         trigger: str | None = None, probe: ProbeRound | None = None) -> Step:
-    """Decide what happens next. See the module docstring for how to carry it out."""
+         trigger: str | None = None, probe: ProbeRound | None = None,
+         held: dict[str, int] | None = None) -> Step:
+    """Decide what happens next. See the module docstring for how to carry it out.
+
+    ``held`` is what the Secret holds now (slot -> version); the reconcile loop reads it in
+    Promoting and Revoking, where the effect may already have been carried out by a process
+    that died before persisting the next state: then the step is finished, not reconsidered.
+    """
     if state.phase == Phase.IDLE or state.phase == Phase.FAILED:
         return _idle(spec, state, now, trigger)
     if state.phase in (Phase.GENERATING, Phase.STAGING):
@@ -75,9 +81,14 @@ def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     if state.phase == Phase.ACTIVATING:
         return _activate(spec, state, now, probe)
     if state.phase == Phase.PROMOTING:
+        if held is not None and held.get("current") == state.next:
+            return _promote(state, now)  # already presented: too late to go back
         return (_reconsider(spec, state, now, Phase.VERIFYING_ACCEPTANCE)
                 or _promote(state, now))
     if state.phase == Phase.REVOKING:
+        if held is not None and state.previous is not None and \
+                held.get("previous") != state.previous:
+            return _revoke(spec, state, now)  # already out of the Secret: finish revoking
         return (_reconsider(spec, state, now, Phase.VERIFYING_RETIREMENT)
                 or _revoke(spec, state, now))
     return _verify(spec, state, now, probe)
