@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import requests
 from aiohttp import web
 from kubernetes import client, watch
 
 from keyrotor.kube import KubeApi
+from keyrotor.testing.controlplane import ControlPlane, free_port
 from keyrotor.testing.democonsumer import serve
+from keyrotor.testing.processes import spawn
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import remember_secret
 
@@ -47,6 +54,40 @@ async def await_status(kapi: KubeApi, namespace: str, name: str,
 def events_of(kapi: KubeApi, namespace: str, name: str) -> list[dict[str, Any]]:
     return sorted(kapi.list_events(namespace, name),
                   key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+
+
+def answers(url: str) -> Callable[[], bool]:
+    """A check for wait_for: does ``url`` answer (anything but a 5xx)?"""
+    def check() -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+
+    return check
+
+
+def start_key_service(tmp: Path, mode: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The reference webhook key service (``one`` or ``two`` keys), answering; returns the
+    process, its URL and its management token."""
+    token = secrets.token_urlsafe(24)
+    (tmp / "token").write_text(token)
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "keyrotor.testing.keyservice", "--mode", mode,
+                  "--port", str(port), "--token-file", str(tmp / "token")],
+                 tmp / "keyservice.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(answers(f"{url}/keys"), timeout=30, what="the key service")
+    return proc, url, token
+
+
+def stop_rotating(plane: ControlPlane, kapi: KubeApi, namespace: str,
+                  name: str) -> dict[str, Any]:
+    """Suspend the rotation and wait for the one in progress to finish; its final status."""
+    plane.kubectl("patch", "rsec", name, "-n", namespace, "--type=merge",
+                  "-p", '{"spec": {"rotation": {"suspend": true}}}')
+    return wait_status(kapi, namespace, name, lambda s: s.get("phase") == "Idle",
+                       timeout=60, what="the last rotation to finish")
 
 
 def wait_reasons(kapi: KubeApi, namespace: str, name: str,

@@ -15,7 +15,7 @@ from keyrotor.publishing.secret import decode
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.postgresserver import PostgresServer
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
-from tests.operator.helpers import events_of, wait_status
+from tests.operator.helpers import events_of, stop_rotating, wait_status
 
 ROLES = ["app_blue", "app_green"]
 
@@ -93,10 +93,7 @@ def test_alternating_users_five_rotations(control_plane: ControlPlane, kapi: Kub
     try:
         wait_status(kapi, namespace, "db-creds", lambda s: s.get("rotationCount", 0) >= 5,
                     timeout=180, what="five rotations")
-        control_plane.kubectl("patch", "rsec", "db-creds", "-n", namespace, "--type=merge",
-                              "-p", '{"spec": {"rotation": {"suspend": true}}}')
-        status = wait_status(kapi, namespace, "db-creds", lambda s: s.get("phase") == "Idle",
-                             timeout=60, what="the last rotation to finish")
+        status = stop_rotating(control_plane, kapi, namespace, "db-creds")
     finally:
         pool.stop.set()
         thread.join(10)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,30 +13,16 @@ import pytest
 import requests
 
 from keyrotor.kube import KubeApi
-from keyrotor.testing.controlplane import ControlPlane, free_port
-from keyrotor.testing.processes import spawn, stop
+from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.processes import stop
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
-from tests.operator.helpers import condition, wait_status
+from tests.operator.helpers import condition, start_key_service, wait_status
 
 
 @pytest.fixture
 def key_service(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    token = secrets.token_urlsafe(24)
-    (tmp_path / "token").write_text(token)
-    port = free_port()
-    proc = spawn([sys.executable, "-m", "keyrotor.testing.keyservice", "--mode", "two",
-                  "--port", str(port), "--token-file", str(tmp_path / "token")],
-                 tmp_path / "keyservice.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{url}/keys", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(up, timeout=30, what="the key service")
+    proc, url, token = start_key_service(tmp_path, "two")
     yield url, token
     stop(proc)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from keyrotor.kube import KubeApi
 from keyrotor.testing.controlplane import ControlPlane, free_port
@@ -25,7 +25,14 @@ from keyrotor.testing.prometheusserver import PrometheusServer
 from keyrotor.testing.secretmount import SecretMirror
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
-from tests.operator.helpers import events_of, wait_reasons, wait_status
+from tests.operator.helpers import (
+    answers,
+    events_of,
+    start_key_service,
+    stop_rotating,
+    wait_reasons,
+    wait_status,
+)
 
 ROTATIONS = 5
 
@@ -69,18 +76,6 @@ def fleet(tmp_path: Path, kapi: KubeApi, namespace: str) -> Iterator[Fleet]:
     f.close()
 
 
-def http_ok(url: str) -> Callable[[], bool]:
-    import requests
-
-    def check() -> bool:
-        try:
-            return requests.get(url, timeout=1).status_code < 500
-        except requests.RequestException:
-            return False
-
-    return check
-
-
 def presenter(fleet: Fleet, mount: Path, url: str, job: str, prometheus: PrometheusServer,
               *, fallback: bool) -> tuple[subprocess.Popen[bytes], Path]:
     metrics, stats = free_port(), fleet.tmp / "presenter.json"
@@ -121,7 +116,7 @@ def test_two_keys_zero_downtime(control_plane: ControlPlane, kapi: KubeApi, name
               "--mount", str(fleet.mount("acceptor", "api-key", period=0.5)),
               "--port", str(acceptor_port), "--metrics-port", str(acceptor_metrics))
     url = f"http://127.0.0.1:{acceptor_port}/"
-    wait_for(http_ok(url), timeout=30, what="the acceptor")
+    wait_for(answers(url), timeout=30, what="the acceptor")
     prometheus.scrape(f"{job}-acceptor", f"127.0.0.1:{acceptor_metrics}")
     proc, stats = presenter(fleet, fleet.mount("presenter", "api-key", period=1.5), url, job,
                             prometheus, fallback=False)
@@ -184,14 +179,8 @@ def test_one_key_zero_downtime_through_the_fallback(
     (a ``during: Activation`` probe), and revokes previous only when Prometheus shows no
     rejected presentation of the new version any more."""
     job = f"onekey-{namespace}"
-    token = secrets.token_urlsafe(24)
-    token_file = fleet.tmp / "token"
-    token_file.write_text(token)
-    service_port = free_port()
-    fleet.run("keyservice", "keyrotor.testing.keyservice", "--mode", "one",
-              "--port", str(service_port), "--token-file", str(token_file))
-    service = f"http://127.0.0.1:{service_port}"
-    wait_for(http_ok(f"{service}/keys"), timeout=30, what="the key service")
+    proc, service, token = start_key_service(fleet.tmp, "one")
+    fleet.procs.append(proc)
     kapi.core.create_namespaced_secret(namespace, {
         "metadata": {"name": "keyservice-admin"},
         "data": {"token": base64.b64encode(token.encode()).decode()}})
@@ -222,10 +211,7 @@ def test_one_key_zero_downtime_through_the_fallback(
                 what=f"{ROTATIONS} rotations while the presenter is watched")
     # Stop rotating while the presenter still runs: a rotation waiting to activate waits for
     # it (without presenters holding the new key, the swap would never be safe).
-    control_plane.kubectl("patch", "rsec", "service-key", "-n", namespace, "--type=merge",
-                          "-p", '{"spec": {"rotation": {"suspend": true}}}')
-    status = wait_status(kapi, namespace, "service-key", lambda s: s.get("phase") == "Idle",
-                         timeout=60, what="the last rotation to finish")
+    status = stop_rotating(control_plane, kapi, namespace, "service-key")
     tally = finish(proc, stats)
     remember_secret(kapi.get_secret(namespace, "service-key"))
 
@@ -253,12 +239,6 @@ def test_one_key_zero_downtime_through_the_fallback(
             assert "Retired" in before[last_activated:], reasons
     assert any("consumer fleet: query = " in e["message"] for e in events
                if e["reason"] == "ConsumerFailing")
-    keys = json.loads(client_get(f"{service}/keys"))
+    keys = requests.get(f"{service}/keys", timeout=5).json()
     assert keys["versions"] == [status["currentVersion"]]  # one key, the current one
-
-
-def client_get(url: str) -> str:
-    import requests
-
-    return requests.get(url, timeout=5).text
 
