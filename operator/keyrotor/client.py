@@ -30,6 +30,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,14 +70,16 @@ class _Metrics:
                                registry=registry)
 
 
-_METRICS: dict[int, _Metrics] = {}
+# One set of collectors per registry, shared by every RotatingSecret using it. Keyed by the
+# registry itself, weakly: an id() outlives its object and a new registry may reuse it (a test
+# once got the collectors of a dead registry that way).
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
 
 
 def _metrics(registry: CollectorRegistry) -> _Metrics:
-    # One set of collectors per registry: several RotatingSecret objects share them.
-    if id(registry) not in _METRICS:
-        _METRICS[id(registry)] = _Metrics(registry)
-    return _METRICS[id(registry)]
+    if registry not in _METRICS:
+        _METRICS[registry] = _Metrics(registry)
+    return _METRICS[registry]
 
 
 def _versions(files: dict[str, bytes]) -> dict[str, str]:
