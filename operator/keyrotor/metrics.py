@@ -56,6 +56,15 @@ BACKEND_DURATION = Histogram("keyrotor_backend_request_duration_seconds",
                              "Duration of requests to key backends", ("backend", "operation"),
                              registry=REGISTRY,
                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LEADER = Gauge("keyrotor_leader",
+               "1 while this process holds the leader Lease (or runs without election)",
+               registry=REGISTRY)
+LEADER_CHANGES = Counter("keyrotor_leader_changes_total",
+                         "Times this process acquired the leader Lease", registry=REGISTRY)
+PERMISSION_MISSING = Gauge(
+    "keyrotor_permission_missing",
+    "1 for each permission the operator needs but lacks (startup check and 403 answers)",
+    ("namespace", "verb", "resource"), registry=REGISTRY)
 BUILD = Info("keyrotor_build", "keyrotor's version", registry=REGISTRY)
 BUILD.info({"version": __version__})
 
