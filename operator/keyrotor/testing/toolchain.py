@@ -4,19 +4,26 @@ These machines reach the Go module proxy but cannot download release binaries, s
 is built from its Go module by a small wrapper module in this repository:
 
 * ``tests/envtest``: ``kube-apiserver`` and ``kubectl`` (k8s.io/kubernetes) and ``etcd``;
-* ``tests/vault``: ``vault``, the Vault API server for the Vault/OpenBao backend tests.
+* ``tests/vault``: ``vault``, the Vault API server for the Vault/OpenBao backend tests;
+* ``tests/helm``: ``helm`` (helm.sh/helm/v4), for the chart in ``helm/keyrotor``.
+
+The prometheus-operator CRDs (ServiceMonitor, PrometheusRule) the chart's tests install come
+from that project's Go module too: :func:`prometheus_operator_crds` downloads it into Go's
+module cache (``go mod download``) and returns the CRD files it ships.
 
 A build is keyed by a hash of the wrapper's ``go.mod`` and ``go.sum``, so it happens once per
 change of the wrapper and is shared by every checkout on the machine. Binaries land in
 ``$KEYROTOR_CACHE/<set>/<hash>/`` (default ``~/.cache/keyrotor``); Go's module and build caches
 stay wherever Go keeps them, outside the repository. ``KEYROTOR_ENVTEST_BIN`` and
-``KEYROTOR_VAULT_BIN`` point at folders of prebuilt binaries and skip the build.
+``KEYROTOR_VAULT_BIN`` and ``KEYROTOR_HELM_BIN`` point at folders of prebuilt binaries and skip
+the build.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +54,8 @@ def _log(message: str) -> None:
 def _module_version(src: Path, module: str) -> str:
     for line in (src / "go.mod").read_text().splitlines():
         parts = line.split()
+        if parts[:1] == ["require"]:  # a one-line `require module version`
+            parts = parts[1:]
         if len(parts) >= 2 and parts[0] == module:
             return parts[1]
     return "v0.0.0"
@@ -136,6 +145,47 @@ def vault_tools() -> GoTools:
                    packages={"vault": "github.com/hashicorp/vault"})
 
 
+def helm_tools() -> GoTools:
+    src = repo_root() / "tests" / "helm"
+    version = _module_version(src, "helm.sh/helm/v4") if (src / "go.mod").is_file() \
+        else "v0.0.0"
+    return GoTools(
+        name="helm", source=src, bin_env="KEYROTOR_HELM_BIN",
+        packages={"helm": "helm.sh/helm/v4/cmd/helm"},
+        # As helm's Makefile does for a tagged release: `helm version` then names the release
+        # (without it, only "v4.3") and the user agent says which client talks to the server.
+        ldflags=(f"-s -w -X helm.sh/helm/v4/internal/version.version={version} "
+                 f"-X helm.sh/helm/v4/internal/version.gitTreeState=clean"),
+    )
+
+
+# The release whose CRDs (example/prometheus-operator-crd/) the chart's tests install.
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+
+
+def prometheus_operator_crds(names: tuple[str, ...] = ("servicemonitors", "prometheusrules"),
+                             ) -> list[Path]:
+    """The monitoring.coreos.com CRDs of :data:`PROMETHEUS_OPERATOR`, from Go's module cache."""
+    go = shutil.which("go")
+    if go is None:
+        raise ToolchainError("Go is not installed; the prometheus-operator CRDs come from its "
+                             "Go module")
+    cache_root().mkdir(parents=True, exist_ok=True)  # outside any module: a plain download
+    out = subprocess.run([go, "mod", "download", "-json", PROMETHEUS_OPERATOR],
+                         cwd=cache_root(), env={**os.environ, "GOTOOLCHAIN": "local"},
+                         capture_output=True, text=True, check=True).stdout
+    folder = Path(json.loads(out)["Dir"]) / "example" / "prometheus-operator-crd"
+    files = [folder / f"monitoring.coreos.com_{name}.yaml" for name in names]
+    if missing := [str(path) for path in files if not path.is_file()]:
+        raise ToolchainError(f"{PROMETHEUS_OPERATOR} has no {', '.join(missing)}")
+    return files
+
+
+def ensure_helm(*, build: bool = True) -> Path:
+    """The ``helm`` CLI, built first if it is not cached yet."""
+    return helm_tools().folder(build=build) / "helm"
+
+
 @dataclass(frozen=True)
 class Binaries:
     kube_apiserver: Path
@@ -161,6 +211,8 @@ def ensure_vault(*, build: bool = True) -> Path:
 def main() -> None:
     if sys.argv[1:] == ["vault"]:
         print(ensure_vault().parent)
+    elif sys.argv[1:] == ["helm"]:
+        print(ensure_helm().parent)
     else:
         print(ensure_binaries().kube_apiserver.parent)
 

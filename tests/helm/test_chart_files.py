@@ -1,0 +1,196 @@
+"""The chart as files: helm's version, lint, the schema, what renders, and the derived files.
+
+No cluster here (the next module installs the chart); helm itself is real, built from its Go
+module.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+import keyrotor
+from keyrotor.testing import chartsync
+from keyrotor.testing.toolchain import repo_root
+from tests.helm.conftest import CHART, Helm
+
+NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")
+EVERYTHING = ("--set", "monitoring.serviceMonitor.enabled=true",
+              "--set", "monitoring.prometheusRule.enabled=true",
+              "--set", "networkPolicy.enabled=true")
+
+
+def kinds(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        found.setdefault(obj["kind"], []).append(obj)
+    return found
+
+
+def test_helm_reports_its_release(helm: Helm) -> None:
+    go_mod = (repo_root() / "tests" / "helm" / "go.mod").read_text()
+    pinned = next(line.split()[-1] for line in go_mod.splitlines()
+                  if line.split()[:2] == ["require", "helm.sh/helm/v4"])
+    out = helm("version").stdout
+    print(out)
+    assert f'Version:"{pinned}"' in out and pinned.startswith("v4.3.")
+
+
+def test_chart_metadata(helm: Helm) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == keyrotor.__version__
+    deployment = kinds(helm.template())["Deployment"][0]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"keyrotor:{keyrotor.__version__}"
+
+
+@pytest.mark.parametrize("mode", [(), NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_lint_strict_is_clean(helm: Helm, mode: tuple[str, ...]) -> None:
+    result = helm("lint", "--strict", str(CHART), *mode, *EVERYTHING)
+    print(result.stdout, result.stderr)
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+def test_derived_files_are_current(helm: Helm) -> None:
+    """scripts/chart-sync's outputs: the CRD template, the values table, deploy/keyrotor.yaml."""
+    root = repo_root()
+    for path, text in chartsync.expected_sources(root).items():
+        assert (root / path).read_text() == text, f"{path} is stale: run scripts/chart-sync"
+    assert (root / chartsync.DEPLOY).read_text() == chartsync.render_deploy(helm.binary, root), \
+        f"{chartsync.DEPLOY} is stale: run scripts/chart-sync"
+
+
+def test_values_table_documents_every_leaf_the_chart_reads() -> None:
+    documented = {v.key for v in chartsync.documented_values(
+        (CHART / "values.yaml").read_text())}
+    assert {"replicaCount", "crds.enabled", "crds.keep", "watchNamespaces", "logFormat",
+            "monitoring.serviceMonitor.enabled", "monitoring.prometheusRule.enabled",
+            "monitoring.dashboards.enabled", "networkPolicy.enabled"} <= documented
+    readme = (CHART / "README.md").read_text()
+    assert "| `crds.keep` | bool | `true` |" in readme
+
+
+def test_crd_is_the_one_in_crds(helm: Helm) -> None:
+    source = yaml.safe_load((repo_root() / chartsync.CRD_SOURCE).read_text())
+    crd = kinds(helm.template())["CustomResourceDefinition"][0]
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+    not_kept = kinds(helm.template("--set", "crds.keep=false"))["CustomResourceDefinition"][0]
+    assert "annotations" not in not_kept["metadata"]
+    assert not_kept["spec"] == source["spec"]
+    assert "CustomResourceDefinition" not in kinds(helm.template("--set", "crds.enabled=false"))
+
+
+def test_rbac_cluster_wide(helm: Helm) -> None:
+    objects = kinds(helm.template())
+    (cluster_role,) = objects["ClusterRole"]
+    (binding,) = objects["ClusterRoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "keyrotor",
+                                    "namespace": "keyrotor-system"}]
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"])
+             for r in cluster_role["rules"]}
+    assert rules[(("",), ("secrets",))] == {"get", "create", "update", "patch", "delete"}
+    assert "*" not in {verb for verbs in rules.values() for verb in verbs}
+    (lease_role,) = objects["Role"]
+    assert lease_role["metadata"]["namespace"] == "keyrotor-system"
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"],
+                                    "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    args = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace" not in args and "-n" not in args
+
+
+def test_rbac_namespaced(helm: Helm) -> None:
+    objects = kinds(helm.template(*NAMESPACED))
+    assert "ClusterRole" not in objects and "ClusterRoleBinding" not in objects
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects["Role"]}
+    assert roles == {("team-a", "keyrotor"), ("team-b", "keyrotor"),
+                     ("keyrotor-system", "keyrotor-leader-election")}
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"])
+                for b in objects["RoleBinding"]}
+    assert bindings == roles
+    args = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--namespace") + 1] == "team-a"
+    assert args[len(args) - 1 - args[::-1].index("--namespace") + 1] == "team-b"
+
+
+def test_deployment_defaults(helm: Helm) -> None:
+    objects = kinds(helm.template())
+    deployment = objects["Deployment"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    args = container["args"]
+    assert args[:3] == ["run", "--log-format", "json"]
+    assert args[args.index("--leader-election-namespace") + 1] == "$(POD_NAMESPACE)"
+    assert "--leader-elect" in args
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert objects["PodDisruptionBudget"][0]["spec"]["minAvailable"] == 1
+    assert "ServiceMonitor" not in objects and "PrometheusRule" not in objects
+    assert "NetworkPolicy" not in objects
+
+    one = kinds(helm.template("--set", "replicaCount=1"))
+    assert "PodDisruptionBudget" not in one
+
+    tuned = kinds(helm.template(
+        "--set", "priorityClassName=system-cluster-critical",
+        "--set", "nodeSelector.disk=ssd", "--set", "podAnnotations.team=payments",
+        "--set", "extraArgs={--verbose}", "--set", "logFormat=text",
+        "--set", "image.tag=dev", "--set", "image.pullPolicy=Always"))["Deployment"][0]
+    template = tuned["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert template["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
+    assert template["metadata"]["annotations"] == {"team": "payments"}
+    assert container["args"][-1] == "--verbose" and container["args"][2] == "text"
+    assert container["image"] == "keyrotor:dev" and container["imagePullPolicy"] == "Always"
+
+
+def test_monitoring_objects_carry_the_shared_files(helm: Helm) -> None:
+    objects = kinds(helm.template(*EVERYTHING))
+    rule = objects["PrometheusRule"][0]
+    alerts = yaml.safe_load((CHART / "files" / "keyrotor-alerts.yaml").read_text())
+    assert rule["spec"] == alerts and rule["spec"]["groups"]
+    monitor = objects["ServiceMonitor"][0]
+    service = next(s for s in objects["Service"] if s["metadata"]["name"] == "keyrotor-metrics")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    (dashboard,) = objects["ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["keyrotor-dashboard.json"]) == json.loads(
+        (CHART / "files" / "keyrotor-dashboard.json").read_text())
+    assert "ConfigMap" not in kinds(helm.template("--set", "monitoring.dashboards.enabled=false"))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ("replicaCount: two", "at '/replicaCount': got string, want integer"),
+    ("logFormat: xml", "at '/logFormat': value must be one of 'json', 'text'"),
+    ("replicas: 2", "additional properties 'replicas' not allowed"),
+    ("crds: {keep: 'yes'}", "at '/crds/keep': got string, want boolean"),
+    ("watchNamespaces: [Payments]", "at '/watchNamespaces/0'"),
+    ("monitoring: {serviceMonitor: {enabled: true, interval: soon}}",
+     "at '/monitoring/serviceMonitor/interval'"),
+])
+def test_schema_rejects_a_wrong_value_by_name(helm: Helm, tmp_path, values: str,
+                                              message: str) -> None:
+    (tmp_path / "values.yaml").write_text(values + "\n")
+    for command in ("template", "lint"):
+        args = [command, *(["keyrotor"] if command == "template" else []), str(CHART),
+                "-f", str(tmp_path / "values.yaml")]
+        result = helm(*args, check=False)
+        assert result.returncode != 0, f"helm {command} accepted {values!r}"
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
