@@ -62,3 +62,8 @@ if [ "${KEYROTOR_NEEDS_VAULT:-1}" = 1 ]; then
   KEYROTOR_VAULT_BIN="$("$PY" -m keyrotor.testing.toolchain vault)"
   export KEYROTOR_VAULT_BIN
 fi
+if [ "${KEYROTOR_NEEDS_HELM:-1}" = 1 ]; then
+  # helm for the chart tests (tests/helm), built once per change of tests/helm/go.mod.
+  KEYROTOR_HELM_BIN="$("$PY" -m keyrotor.testing.toolchain helm)"
+  export KEYROTOR_HELM_BIN
+fi
