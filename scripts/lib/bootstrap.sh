@@ -36,8 +36,9 @@ PY="$VENV/bin/python"
 export PYTHONPATH="$REPO/operator:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"
 
-# Debian packages for the real servers the tests use: SoftHSM2 (PKCS#11), PostgreSQL, Prometheus.
-apt_packages=(softhsm2 postgresql prometheus)
+# Debian packages for the real servers the tests use: SoftHSM2 (PKCS#11), PostgreSQL, Prometheus;
+# podman and mmdebstrap build the operator's image with no registry (keyrotor.testing.image).
+apt_packages=(softhsm2 postgresql prometheus podman mmdebstrap)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
