@@ -47,12 +47,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before kopf and kubernetes are imported: they read $KUBECONFIG at import time.
         os.environ["KUBECONFIG"] = args.kubeconfig
+    from keyrotor.leadership import LeaseConfig, default_identity
     from keyrotor.runner import run
 
+    lease = None
+    if args.leader_elect:
+        try:
+            lease = LeaseConfig(
+                namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
+                or "keyrotor-system",
+                name=args.leader_election_id, identity=args.leader_election_identity
+                or default_identity(), lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        except ValueError as exc:
+            print(f"keyrotor run: {exc}", file=sys.stderr)
+            return 2
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
         kubeconfig=args.kubeconfig, phase_pause=args.phase_pause,
-        restart_debounce=args.restart_debounce)
+        restart_debounce=args.restart_debounce, lease=lease)
     return 0
 
 
@@ -103,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", action="append",
                    help="watch this namespace (repeatable; default: all namespaces)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
-    p.add_argument("--liveness-port", type=int, default=8081, help="/healthz port")
+    p.add_argument("--liveness-port", type=int, default=8081,
+                   help="health port: /healthz (alive) and /readyz (0: off)")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
@@ -112,6 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-debounce", type=float, default=None, metavar="SECONDS",
                    help="rollout restarts of one workload requested within this window are "
                         "merged into one (default 10)")
+    election = p.add_argument_group(
+        "leader election", "several replicas: only the holder of a coordination.k8s.io Lease "
+        "reconciles; the others stand by and take over when it is not renewed")
+    election.add_argument("--leader-elect", action="store_true",
+                          help="enable leader election (needed with more than one replica)")
+    election.add_argument("--leader-election-namespace", metavar="NS",
+                          help="the Lease's namespace (default: $POD_NAMESPACE, else "
+                               "keyrotor-system)")
+    election.add_argument("--leader-election-id", default="keyrotor", metavar="NAME",
+                          help="the Lease's name (default keyrotor)")
+    election.add_argument("--leader-election-identity", metavar="ID",
+                          help="this replica's identity (default: $POD_NAME, else host-pid)")
+    election.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+                          help="a standby takes over a Lease not renewed for this long "
+                               "(default 15)")
+    election.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS",
+                          help="the leader stops if it could not renew for this long "
+                               "(default 10)")
+    election.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS",
+                          help="how often the Lease is renewed or tried (default 2)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="a table of every RotatingSecret and its rotation")

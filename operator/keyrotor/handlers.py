@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -24,26 +25,25 @@ from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
 from keyrotor.restarts import DEFAULT_WINDOW, Restarter
 
 log = logging.getLogger("keyrotor")
-PHASE_PAUSE = 0.0  # set by ``keyrotor run --phase-pause``
-RESTART_WINDOW = DEFAULT_WINDOW  # set by ``keyrotor run --restart-debounce``
-WAKEUPS: dict[str, asyncio.Event] = {}
-LAST_SEEN: dict[str, tuple[Any, Any]] = {}
-_api: KubeApi | None = None
-_restarter: Restarter | None = None
 
 
-def api() -> KubeApi:
-    global _api
-    if _api is None:
-        _api = KubeApi(load_client())
-    return _api
+@dataclass
+class Shared:
+    """Per-operator state, handed to kopf as ``memo.shared`` (never module globals): the API
+    client, the rollout restarter every reconciler shares, and the wake-up events."""
 
+    api: KubeApi
+    restarter: Restarter
+    phase_pause: float = 0.0  # slow motion for demos and crash tests
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    last_seen: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
-def restarter() -> Restarter:
-    global _restarter
-    if _restarter is None:
-        _restarter = Restarter(api(), window=RESTART_WINDOW)
-    return _restarter
+    @classmethod
+    def create(cls, *, phase_pause: float = 0.0,
+               restart_window: float = DEFAULT_WINDOW) -> Shared:
+        api = KubeApi(load_client())
+        return cls(api=api, restarter=Restarter(api, window=restart_window),
+                   phase_pause=phase_pause)
 
 
 @kopf.on.startup()
@@ -58,68 +58,79 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
+async def _sleep(delay: float, *waitables: Any) -> None:
+    """Sleep up to ``delay`` or until one of ``waitables`` finishes; cancels every waiter it
+    made, so no task outlives the sleep."""
+    waiters = [asyncio.ensure_future(w) for w in waitables]
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, initial_delay=0)
 async def rotation_loop(namespace: str | None, name: str, uid: str,
-                        stopped: kopf.DaemonStopped, **_: Any) -> None:
+                        stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
     assert namespace is not None, "RotatingSecret is namespaced"
-    reconciler = Reconciler(api=api(), phase_pause=PHASE_PAUSE, restarter=restarter())
-    wake = WAKEUPS.setdefault(uid, asyncio.Event())
-    while not stopped:
-        wake.clear()
-        try:
+    shared: Shared = memo.shared
+    reconciler = Reconciler(api=shared.api, phase_pause=shared.phase_pause,
+                            restarter=shared.restarter)
+    wake = shared.wakeups.setdefault(uid, asyncio.Event())
+    try:
+        while not stopped:
+            wake.clear()
             delay = await reconciler.reconcile(namespace, name)
-        except Exception:
-            log.exception("%s/%s: reconcile failed; retrying", namespace, name)
-            metrics.RECONCILE_ERRORS.labels(namespace, name, "Exception").inc()
-            delay = 10.0
-        if delay <= 0:
-            continue
-        if reconciler.phase_pause and delay <= reconciler.phase_pause:
-            # In slow motion a change of spec or trigger must not cut the pause short.
-            await asyncio.wait([asyncio.ensure_future(stopped.wait())], timeout=delay)
-            continue
-        sleeper = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait([sleeper, asyncio.ensure_future(stopped.wait())],
-                               timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-    WAKEUPS.pop(uid, None)
+            if delay <= 0:
+                continue
+            if reconciler.phase_pause and delay <= reconciler.phase_pause:
+                # In slow motion a change of spec or trigger must not cut the pause short.
+                await _sleep(delay, stopped.wait())
+            else:
+                await _sleep(delay, wake.wait(), stopped.wait())
+    finally:
+        shared.wakeups.pop(uid, None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def wake_on_change(body: kopf.Body, uid: str, **_: Any) -> None:
-    """Wake the loop when the spec or the manual trigger changed (not on status writes)."""
+async def wake_on_change(body: kopf.Body, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the loop when the spec or the manual trigger changed (not on status writes).
+    Async, so it runs on the event loop: ``asyncio.Event.set`` is not thread-safe."""
+    shared: Shared = memo.shared
     seen = (body.metadata.get("generation"),
             (body.metadata.annotations or {}).get(TRIGGER_ANNOTATION))
-    if LAST_SEEN.get(uid) != seen:
-        LAST_SEEN[uid] = seen
-        if uid in WAKEUPS:
-            WAKEUPS[uid].set()
+    if shared.last_seen.get(uid) != seen:
+        shared.last_seen[uid] = seen
+        if uid in shared.wakeups:
+            shared.wakeups[uid].set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def apply_deletion_policy(spec: kopf.Spec, namespace: str | None, name: str, uid: str,
-                          **_: Any) -> None:
+async def apply_deletion_policy(spec: kopf.Spec, namespace: str | None, name: str, uid: str,
+                                memo: kopf.Memo, **_: Any) -> None:
     assert namespace is not None, "RotatingSecret is namespaced"
+    shared: Shared = memo.shared
     secret_name = spec.get("secretName")
-    LAST_SEEN.pop(uid, None)
+    shared.last_seen.pop(uid, None)
     metrics.forget(namespace, name)
     if not secret_name:
         return
-    secret = api().get_secret(namespace, secret_name)
+    api = shared.api
+    secret = await asyncio.to_thread(api.get_secret, namespace, secret_name)
     refs = ((secret or {}).get("metadata") or {}).get("ownerReferences") or []
     if secret is None or not any(r.get("uid") == uid for r in refs):
         return  # not ours: never touch it
     if spec.get("deletionPolicy", "Retain") == "Delete":
-        api().delete_secret(namespace, secret_name, uid=secret["metadata"]["uid"])
+        await asyncio.to_thread(api.delete_secret, namespace, secret_name,
+                                uid=secret["metadata"]["uid"])
         log.info("%s/%s: deleted Secret %s (deletionPolicy Delete)", namespace, name,
                  secret_name)
     else:
         # Retain: keep the Secret and its current key, drop keyrotor's ownership so a
         # garbage collector does not remove it with the RotatingSecret.
         kept = [r for r in refs if r.get("uid") != uid]
-        api().patch_secret(namespace, secret_name, [
+        await asyncio.to_thread(api.patch_secret, namespace, secret_name, [
             {"op": "replace", "path": "/metadata/ownerReferences", "value": kept}])
         log.info("%s/%s: kept Secret %s (deletionPolicy Retain)", namespace, name,
                  secret_name)

@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from keyrotor.errors import Conflict, PermissionDenied
+
+__all__ = ["Conflict", "KubeApi", "PermissionDenied", "load_client"]
+
 GROUP, VERSION, PLURAL = "keyrotor.io", "v1alpha1", "rotatingsecrets"
 COMPONENT = "keyrotor"
-
-
-class Conflict(RuntimeError):
-    """The object changed since it was read (HTTP 409): re-read and try again."""
 
 
 def load_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -35,6 +35,31 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> cl
             config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
             client_configuration=configuration)
     return client.ApiClient(configuration)
+
+
+class _Calls:
+    """Translates the API server's answers into keyrotor's errors for one kind of call:
+    404 → ``None`` where the caller asked for it, 409 → :class:`Conflict`, 403 →
+    :class:`PermissionDenied` naming the verb and resource, so the RotatingSecret's status can
+    say which permission is missing."""
+
+    def __init__(self, verb: str, resource: str, namespace: str | None) -> None:
+        self.verb, self.resource, self.namespace = verb, resource, namespace
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ApiException):
+            if exc.status == 403:
+                raise PermissionDenied(verb=self.verb, resource=self.resource,
+                                       namespace=self.namespace) from None
+            if exc.status == 409:
+                raise Conflict(str(exc.reason)) from None
+
+
+def _call(verb: str, resource: str, namespace: str | None) -> _Calls:
+    return _Calls(verb, resource, namespace)
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -55,8 +80,9 @@ class KubeApi:
 
     def get_rotating_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return _json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
+            with _call("get", f"{PLURAL}.{GROUP}", namespace):
+                return _json(self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -78,13 +104,9 @@ class KubeApi:
         if resource_version:
             # A resourceVersion in a merge patch is a precondition: stale writers get 409.
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
+        with _call("patch", f"{PLURAL}.{GROUP}/status", namespace):
             return _json(self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(str(exc.reason)) from None
-            raise
 
     def annotate_rotating_secret(self, namespace: str, name: str, key: str, value: str) -> None:
         self.custom.patch_namespaced_custom_object(
@@ -94,8 +116,9 @@ class KubeApi:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return _json(self.core.read_namespaced_secret(name, namespace,
-                                                          _preload_content=False))
+            with _call("get", "secrets", namespace):
+                return _json(self.core.read_namespaced_secret(name, namespace,
+                                                              _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -103,21 +126,18 @@ class KubeApi:
 
     def write_secret(self, body: dict[str, Any], *, create: bool) -> None:
         meta = body["metadata"]
-        try:
+        with _call("create" if create else "update", "secrets", meta["namespace"]):
             if create:
                 self.core.create_namespaced_secret(meta["namespace"], body)
             else:
                 self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(str(exc.reason)) from None
-            raise
 
     def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> None:
         options = client.V1DeleteOptions(
             preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
-            self.core.delete_namespaced_secret(name, namespace, body=options)
+            with _call("delete", "secrets", namespace):
+                self.core.delete_namespaced_secret(name, namespace, body=options)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -125,7 +145,8 @@ class KubeApi:
     def patch_secret(self, namespace: str, name: str,
                      patch: dict[str, Any] | list[dict[str, Any]]) -> None:
         """A strategic merge patch (a dict) or a JSON patch (a list of operations)."""
-        self.core.patch_namespaced_secret(name, namespace, patch)
+        with _call("patch", "secrets", namespace):
+            self.core.patch_namespaced_secret(name, namespace, patch)
 
     # ---- workloads (rollout restarts) -------------------------------------------------------
 
@@ -135,7 +156,8 @@ class KubeApi:
     def get_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         read = getattr(self.apps, f"read_namespaced_{self._WORKLOADS[kind]}")
         try:
-            return _json(read(name, namespace, _preload_content=False))
+            with _call("get", f"{kind.lower()}s.apps", namespace):
+                return _json(read(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -145,8 +167,9 @@ class KubeApi:
                               annotations: dict[str, str]) -> None:
         """One merge patch of the pod template's annotations: one new rollout."""
         patch = getattr(self.apps, f"patch_namespaced_{self._WORKLOADS[kind]}")
-        patch(name, namespace,
-              {"spec": {"template": {"metadata": {"annotations": annotations}}}})
+        with _call("patch", f"{kind.lower()}s.apps", namespace):
+            patch(name, namespace,
+                  {"spec": {"template": {"metadata": {"annotations": annotations}}}})
 
     # ---- Events ------------------------------------------------------------------------------
 
@@ -174,7 +197,8 @@ class KubeApi:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        self.core.create_namespaced_event(meta["namespace"], event)
+        with _call("create", "events", meta["namespace"]):
+            self.core.create_namespaced_event(meta["namespace"], event)
 
     def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         raw = self.core.list_namespaced_event(

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from keyrotor import metrics
 from keyrotor import status as status_io
-from keyrotor.backends import BackendError, Context
+from keyrotor.backends import Context
 from keyrotor.engine.model import (
     Activate,
     ConsumerResult,
@@ -40,15 +40,14 @@ from keyrotor.engine.model import (
     Revoke,
     RotationSpec,
     RotationState,
-    SpecError,
     Stage,
 )
 from keyrotor.engine.rotation import probe_due, step
 from keyrotor.engine.schedule import next_rotation_time
+from keyrotor.errors import Conflict, InternalError, KeyrotorError, PermissionDenied, SpecError
 from keyrotor.generators import Generator, Material, from_spec, main_value
-from keyrotor.kube import Conflict
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
-from keyrotor.publishing.secret import Owner, SecretConflict, decode, render
+from keyrotor.publishing.secret import Owner, decode, render
 from keyrotor.publishing.slots import SlotError
 from keyrotor.restarts import Restarter
 from keyrotor.targets import USERNAME, Target
@@ -137,24 +136,47 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str) -> float:
         """Reconcile once; return the seconds after which the next reconcile is due."""
-        body = await asyncio.to_thread(self.api.get_rotating_secret, namespace, name)
+        try:
+            body = await asyncio.to_thread(self.api.get_rotating_secret, namespace, name)
+        except Exception as exc:  # the API server away or forbidding: nowhere to report it
+            log.warning("%s/%s: reading the RotatingSecret failed: %s", namespace, name, exc)
+            metrics.RECONCILE_ERRORS.labels(namespace, name, getattr(
+                exc, "reason", type(exc).__name__)).inc()
+            return ERROR_BACKOFF[0]
         if body is None or body["metadata"].get("deletionTimestamp"):
             return ERROR_RETRY
         try:
             delay = await self._reconcile(body)
         except Conflict:
             return 0.2  # someone wrote in between: read again and redo, soon
-        except (SecretConflict, SpecError, SlotError, BackendError) as exc:
-            # Each of these carries its condition reason.
-            await self._report_error(body, exc.reason, str(exc))
-            # Exponential backoff with jitter: a hundred resources failing on one backend
-            # spread their retries out instead of hammering it in step.
-            first, ceiling = ERROR_BACKOFF
-            self.errors_in_a_row += 1
-            delay = min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
-            return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+        except KeyrotorError as exc:
+            return await self._failed(body, exc)
+        except Exception as exc:
+            # Unexpected: reported and backed off like any error, never escaping the loop.
+            # The message names the type only; the traceback goes to the log.
+            log.exception("%s/%s: unexpected error", body["metadata"].get("namespace"),
+                          body["metadata"].get("name"))
+            return await self._failed(body, InternalError(
+                f"unexpected {type(exc).__name__}; the operator log has the details"))
         self.errors_in_a_row = 0
         return delay
+
+    async def _failed(self, body: dict[str, Any], exc: KeyrotorError) -> float:
+        """Report ``exc`` (its class carries the condition reason) and back off."""
+        if isinstance(exc, PermissionDenied):
+            metrics.PERMISSION_MISSING.labels(exc.namespace or "", exc.verb, exc.resource).set(1)
+        try:
+            await self._report_error(body, exc.reason, str(exc))
+        except KeyrotorError as report_exc:  # e.g. no permission to write status or events
+            log.error("%s/%s: %s: %s (and reporting it failed: %s)",
+                      body["metadata"].get("namespace"), body["metadata"].get("name"),
+                      exc.reason, exc, report_exc)
+        # Exponential backoff with jitter: a hundred resources failing on one backend
+        # spread their retries out instead of hammering it in step.
+        first, ceiling = ERROR_BACKOFF
+        self.errors_in_a_row += 1
+        delay = min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
+        return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
 
     async def _reconcile(self, body: dict[str, Any]) -> float:
         meta, spec = body["metadata"], body.get("spec") or {}

@@ -1,38 +1,150 @@
-"""``keyrotor run``: start the operator (kopf) with keyrotor's handlers and metrics."""
+"""``keyrotor run``: the operator process.
+
+In order: metrics and health endpoints; with ``--leader-elect``, wait for the Lease (a standby
+serves ``/healthz`` and ``/readyz`` and writes nothing); the permission check; then kopf with
+keyrotor's handlers, its per-operator state in kopf's ``memo``. A leader that cannot renew its
+Lease stops kopf and exits non-zero, so its pod restarts as a standby (client-go's choice too:
+continuing to reconcile without the Lease could make two writers). A graceful stop releases
+the Lease so a standby takes over at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import sys
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 
 import kopf
+from aiohttp import web
 
 from keyrotor import metrics
+from keyrotor.leadership import LeaderElector, LeaseConfig
+
+log = logging.getLogger("keyrotor.runner")
+LOST_LEADERSHIP_EXIT = 3
+
+
+@dataclass
+class Health:
+    """What ``/healthz`` and ``/readyz`` answer: alive while the loop turns; ready once standing
+    by or once kopf is up."""
+
+    ready: bool = False
+    role: str = "starting"  # standby, leader, or single (no election)
+
+    async def serve(self, port: int) -> web.AppRunner:
+        async def healthz(_: web.Request) -> web.Response:
+            # Served on kopf's own event loop: a blocked loop fails this probe.
+            return web.json_response({"status": "ok", "role": self.role})
+
+        async def readyz(_: web.Request) -> web.Response:
+            return web.Response(text="ready\n" if self.ready else "starting\n",
+                                status=200 if self.ready else 503)
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - kubelet probes it
+        return runner
 
 
 def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         liveness_port: int | None = 8081, log_format: str = "text", verbose: bool = False,
         kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
-        phase_pause: float = 0.0, restart_debounce: float | None = None) -> None:
+        phase_pause: float = 0.0, restart_debounce: float | None = None,
+        lease: LeaseConfig | None = None) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
                    else kopf.LogFormat.PLAIN)
     logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
-    import keyrotor.handlers  # registers the handlers with kopf
+    logging.getLogger("keyrotor").setLevel(logging.INFO)
+    code = asyncio.run(_main(namespaces=namespaces, metrics_port=metrics_port,
+                             liveness_port=liveness_port, stop_flag=stop_flag,
+                             phase_pause=phase_pause, restart_debounce=restart_debounce,
+                             lease=lease))
+    if code:
+        sys.exit(code)
 
-    keyrotor.handlers.PHASE_PAUSE = phase_pause
-    if restart_debounce is not None:
-        keyrotor.handlers.RESTART_WINDOW = restart_debounce
+
+async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: int | None,
+                stop_flag: asyncio.Event | None, phase_pause: float,
+                restart_debounce: float | None, lease: LeaseConfig | None) -> int:
+    from keyrotor import handlers, permissions  # registers the handlers with kopf
+    from keyrotor.kube import load_client
 
     if metrics_port:
         metrics.serve(metrics_port)
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
-        stop_flag=stop_flag,
-    )
+    health = Health()
+    site = await health.serve(liveness_port) if liveness_port else None
+    stop = stop_flag or asyncio.Event()
+    try:
+        elector = None
+        if lease is not None:
+            from keyrotor.leadership import KubeLeases
+
+            elector = LeaderElector(KubeLeases(load_client()), lease)
+            health.ready, health.role = True, "standby"  # ready: it serves by waiting
+            if not await _until_stopped(elector.acquire(), stop):
+                return 0
+            health.role = "leader"
+        else:
+            metrics.LEADER.set(1)
+            health.role = "single"
+
+        lacking = await asyncio.to_thread(permissions.missing, load_client(), namespaces)
+        permissions.report(lacking)
+        shared = handlers.Shared.create(
+            phase_pause=phase_pause,
+            **({} if restart_debounce is None else {"restart_window": restart_debounce}))
+        health.ready = True
+        operator = asyncio.create_task(kopf.operator(
+            standalone=True, clusterwide=not namespaces, namespaces=list(namespaces),
+            stop_flag=stop, memo=kopf.Memo(shared=shared)))
+        if elector is None:
+            await operator
+            return 0
+        holder = asyncio.create_task(elector.hold())
+        await asyncio.wait({operator, holder}, return_when=asyncio.FIRST_COMPLETED)
+        if holder.done():
+            stop.set()  # leadership lost: stop reconciling before anyone else starts
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(operator), timeout=lease.renew_deadline
+                                       if lease else 5.0)
+            return LOST_LEADERSHIP_EXIT
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        await asyncio.to_thread(elector.release)
+        return 0
+    finally:
+        if site is not None:
+            await site.cleanup()
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work`` (a coroutine) until it finishes (True) or SIGTERM/SIGINT or ``stop``
+    arrives first (False). kopf installs its own signal handlers later, for its run."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        for pending in (task, stopper):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    return task.done() and not task.cancelled() and task.exception() is None

@@ -6,9 +6,10 @@ import datetime
 
 import pytest
 
-from keyrotor.engine.model import Phase, RotationSpec, RotationState, SpecError
+from keyrotor.engine.model import Phase, RotationSpec, RotationState
 from keyrotor.engine.rotation import step
 from keyrotor.engine.schedule import next_after, next_rotation_time
+from keyrotor.errors import SpecError
 
 T0 = datetime.datetime(2026, 3, 2, 10, 15, tzinfo=datetime.UTC)  # a Monday
 IDLE = RotationState(phase=Phase.IDLE, current=4, latest=4, current_version_time=T0)

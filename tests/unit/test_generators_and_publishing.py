@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from jwcrypto import jwk, jws
 
 from keyrotor.engine.durations import parse_duration
-from keyrotor.engine.model import Issue, PromoteTo, Revoke, SpecError, Stage
+from keyrotor.engine.model import Issue, PromoteTo, Revoke, Stage
+from keyrotor.errors import SpecError
 from keyrotor.generators import from_spec
 from keyrotor.generators.local import KeyPair, RandomString
 from keyrotor.probes.http import HttpProbe, redact, render

@@ -26,20 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyrotor import metrics
+from keyrotor.errors import Reason, TemporaryError
 
 
-class BackendError(RuntimeError):
+class BackendError(TemporaryError):
     """A backend operation failed; ``reason`` becomes the condition and event reason."""
 
-    reason = "BackendError"
+    reason = Reason.BACKEND_ERROR
 
 
 class BackendUnavailable(BackendError):
-    reason = "BackendUnavailable"
+    reason = Reason.BACKEND_UNAVAILABLE
 
 
 class BackendConflict(BackendError):
-    reason = "BackendConflict"
+    reason = Reason.BACKEND_CONFLICT
 
 
 def ca_file(pem: str) -> str:

@@ -20,7 +20,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
-from keyrotor.engine.model import SpecError
+from keyrotor.errors import SpecError
 from keyrotor.generators import Material
 
 KEYS = ("AES-256", "EC-P256")

@@ -26,7 +26,7 @@ import requests
 from hvac import exceptions as vault_errors
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, ca_file, measured
-from keyrotor.engine.model import SpecError
+from keyrotor.errors import SpecError
 from keyrotor.generators import Material
 from keyrotor.generators.local import RandomString
 

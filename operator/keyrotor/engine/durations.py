@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import re
 
+from keyrotor.errors import SpecError
+
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _WHOLE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str, *, field: str = "duration") -> float:
-    """Seconds in ``text``; ``ValueError`` naming ``field`` and the expected form otherwise."""
+    """Seconds in ``text``; a :class:`SpecError` naming ``field`` and the form otherwise (a
+    ``ValueError`` too, for callers outside the operator)."""
     if not isinstance(text, str) or not _WHOLE.match(text):
-        raise ValueError(f"{field}: {text!r} is not a duration; use a form such as 720h, 90m, "
-                         "1h30m, 15s or 500ms")
+        raise SpecError(field, f"{text!r} is not a duration; use a form such as 720h, 90m, "
+                        "1h30m, 15s or 500ms")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
 
 

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from keyrotor.engine.durations import parse_duration
+from keyrotor.errors import SpecError
 
 
 class Phase(StrEnum):
@@ -32,16 +33,6 @@ class Phase(StrEnum):
 class Strategy(StrEnum):
     TWO_KEYS = "TwoKeys"
     ONE_KEY = "OneKey"
-
-
-class SpecError(ValueError):
-    """The spec passed admission but cannot work; ``field`` names where to look."""
-
-    reason = "InvalidSpec"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)

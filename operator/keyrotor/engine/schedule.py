@@ -19,7 +19,7 @@ def _expand(expr: str) -> str:
 
 
 def validate_cron(expr: str, *, field: str) -> None:
-    from keyrotor.engine.model import SpecError
+    from keyrotor.errors import SpecError
 
     try:
         CronSim(_expand(expr), datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))

@@ -44,7 +44,7 @@ KINDS = ("random", "symmetric", "keyPair", "vault", "hsm")
 def from_spec(spec: dict[str, Any], ctx: Context | None = None, *,
               keep_history: int = 0) -> Generator:
     """The generator for ``spec.generator``; ``SpecError`` names the field when it is unusable."""
-    from keyrotor.engine.model import SpecError
+    from keyrotor.errors import SpecError
     from keyrotor.generators import local
 
     chosen = [k for k in KINDS if spec.get(k) is not None]

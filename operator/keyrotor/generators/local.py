@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwcrypto import jwk
 
-from keyrotor.engine.model import SpecError
+from keyrotor.errors import SpecError
 from keyrotor.generators import Material
 
 ALPHANUMERIC = string.ascii_letters + string.digits

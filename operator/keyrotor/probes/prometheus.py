@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 
 from keyrotor.engine.durations import parse_duration
-from keyrotor.engine.model import ConsumerResult, SpecError
+from keyrotor.engine.model import ConsumerResult
+from keyrotor.errors import SpecError
 
 _EXPECT = re.compile(r"^\s*(==|!=|<=|>=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {

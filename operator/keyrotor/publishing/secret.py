@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyrotor.engine.model import Effect
+from keyrotor.errors import PermanentError, Reason
 from keyrotor.generators import Material, main_value
 from keyrotor.generators.local import jwks
 from keyrotor.publishing.slots import Slots, Versioned, apply
@@ -47,10 +48,10 @@ ANNOTATION_PREFIX = "keyrotor.io/"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "keyrotor"}
 
 
-class SecretConflict(RuntimeError):
+class SecretConflict(PermanentError):
     """The Secret exists and belongs to someone else; the message says how to fix it."""
 
-    reason = "SecretConflict"
+    reason = Reason.SECRET_CONFLICT
 
 
 @dataclass(frozen=True)

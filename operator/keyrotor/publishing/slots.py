@@ -16,14 +16,15 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from keyrotor.engine.model import Activate, Effect, Issue, PromoteTo, Revoke, Stage
+from keyrotor.errors import PermanentError, Reason
 
 M = TypeVar("M")
 
 
-class SlotError(RuntimeError):
+class SlotError(PermanentError):
     """The slots are not in a state the effect can apply to (e.g. edited by hand)."""
 
-    reason = "SecretDrift"
+    reason = Reason.SECRET_DRIFT
 
 
 @dataclass(frozen=True)

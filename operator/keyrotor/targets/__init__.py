@@ -44,7 +44,7 @@ class Target(Protocol):
 
 def from_spec(spec: dict[str, Any] | None, ctx: Context) -> Target | None:
     """The target for ``spec.target`` (None when there is none)."""
-    from keyrotor.engine.model import SpecError
+    from keyrotor.errors import SpecError
 
     if not spec:
         return None

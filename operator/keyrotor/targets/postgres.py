@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
-from keyrotor.engine.model import SpecError
+from keyrotor.errors import SpecError
 from keyrotor.generators import Material, main_value
 from keyrotor.targets import USERNAME
 

@@ -1,0 +1,77 @@
+"""The startup permission check: ask the API server what this operator may do, before it tries.
+
+A missing verb otherwise shows up as kopf retrying a watch, or as a 403 deep inside a rotation.
+keyrotor asks first with SelfSubjectAccessReviews (which every authenticated user may create)
+and logs one line per missing permission naming the verb, the resource, the namespace and why
+keyrotor needs it. It does not stop: a RotatingSecret that hits the missing permission later is
+marked Degraded with reason ``PermissionDenied`` (see :mod:`keyrotor.errors`), and the others
+keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keyrotor import metrics
+
+log = logging.getLogger("keyrotor.permissions")
+
+
+@dataclass(frozen=True)
+class Need:
+    group: str
+    resource: str
+    verb: str
+    why: str
+    subresource: str = ""
+
+    @property
+    def name(self) -> str:
+        resource = f"{self.resource}.{self.group}" if self.group else self.resource
+        return f"{resource}/{self.subresource}" if self.subresource else resource
+
+
+NEEDS: tuple[Need, ...] = (
+    *(Need("keyrotor.io", "rotatingsecrets", verb, "to watch RotatingSecrets")
+      for verb in ("get", "list", "watch")),
+    Need("keyrotor.io", "rotatingsecrets", "patch", "to keep its finalizer"),
+    Need("keyrotor.io", "rotatingsecrets", "patch", "to write the status", "status"),
+    *(Need("", "secrets", verb, "to publish versions in the Secret it owns")
+      for verb in ("get", "create", "update", "patch", "delete")),
+    Need("", "events", "create", "to post events"),
+)
+
+
+def missing(api_client: Any, namespaces: Sequence[str],
+            needs: Iterable[Need] = NEEDS) -> list[tuple[str, Need]]:
+    """The (namespace, need) pairs this identity lacks; ``""`` means cluster-wide. Blocking."""
+    from kubernetes import client
+
+    authz: Any = client.AuthorizationV1Api(api_client)
+    lacking = []
+    for namespace in namespaces or [""]:
+        for need in needs:
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": {
+                          "namespace": namespace, "group": need.group, "verb": need.verb,
+                          "resource": need.resource, "subresource": need.subresource}}}
+            answer = authz.create_self_subject_access_review(review)
+            allowed = bool(answer.status and answer.status.allowed)
+            metrics.PERMISSION_MISSING.labels(namespace, need.verb, need.name).set(
+                0 if allowed else 1)
+            if not allowed:
+                lacking.append((namespace, need))
+    return lacking
+
+
+def report(lacking: list[tuple[str, Need]]) -> None:
+    for namespace, need in lacking:
+        where = f"in namespace {namespace}" if namespace else "cluster-wide"
+        log.error("permission check: this operator may not %s %s %s (needed %s); grant the "
+                  "verb to its ServiceAccount (Helm chart: rbac, watchNamespaces)",
+                  need.verb, need.name, where, need.why)
+    if not lacking:
+        log.info("permission check: every permission the operator needs is granted")
