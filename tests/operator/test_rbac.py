@@ -14,7 +14,10 @@ from tests.operator.helpers import wait_status
 
 def test_operator_runs_as_its_service_account(control_plane: ControlPlane, crds: None,
                                               kapi: KubeApi, namespace: str, tmp_path) -> None:
-    control_plane.kubectl("apply", "-f", str(repo_root() / "deploy" / "keyrotor.yaml"))
+    # Server-side, as its header says: the dashboard ConfigMap may outgrow the annotation that
+    # a client-side apply keeps.
+    control_plane.kubectl("apply", "--server-side", "-f",
+                          str(repo_root() / "deploy" / "keyrotor.yaml"))
     token = control_plane.kubectl("create", "token", "keyrotor", "-n", "keyrotor-system",
                                   "--duration=1h").stdout.strip()
     config = yaml.safe_load(control_plane.kubeconfig.read_text())
