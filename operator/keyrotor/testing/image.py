@@ -128,10 +128,11 @@ def require_tools() -> None:
 
 
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """One maker or builder at a time per machine; a second caller waits, then finds it."""
+def _locked(*, shared: bool = False) -> Iterator[None]:
+    """One maker or builder at a time per machine, and none while an image is mounted (a
+    build removes the image it supersedes); a second caller waits, then finds the result."""
     with open(image_dir() / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
 
 
@@ -256,10 +257,10 @@ def build(tag: str = IMAGE_TAG, *, context: Path | None = None,
         _run(["podman", "build", "--isolation", "chroot", "--layers", "--tag", tag,
               *(["--secret", f"id=ca-certificates,src={secret}"] if secret else []),
               "--file", str(dockerfile), str(context)], log=log, what="podman build")
-    build_seconds = time.monotonic() - started
-    config = inspect(tag)
-    if previous and previous != config.id:  # the superseded image, now untagged
-        subprocess.run(["podman", "rmi", "--force", previous], capture_output=True, check=False)
+        build_seconds = time.monotonic() - started
+        config = inspect(tag)
+        if previous and previous != config.id:  # the superseded image, now untagged
+            subprocess.run(["podman", "rmi", previous], capture_output=True, check=False)
     _log(f"built {tag} ({config.id[:12]}, {config.size / 1e6:.0f} MB) in {build_seconds:.1f}s "
          f"(base {base_seconds:.1f}s)")
     return BuiltImage(tag=tag, config=config, base_seconds=base_seconds,
@@ -269,11 +270,13 @@ def build(tag: str = IMAGE_TAG, *, context: Path | None = None,
 @contextlib.contextmanager
 def mounted(ref: str) -> Iterator[Path]:
     """The image's root filesystem, mounted by podman (read-only use only)."""
-    path = Path(_run(["podman", "image", "mount", ref], what="podman image mount").strip())
-    try:
-        yield path
-    finally:
-        subprocess.run(["podman", "image", "unmount", ref], capture_output=True, check=False)
+    with _locked(shared=True):
+        path = Path(_run(["podman", "image", "mount", ref], what="podman image mount").strip())
+        try:
+            yield path
+        finally:
+            subprocess.run(["podman", "image", "unmount", ref], capture_output=True,
+                           check=False)
 
 
 def prepare_tmp(folder: Path, config: ImageConfig) -> Path:
@@ -316,7 +319,9 @@ def chroot_argv(rootfs: Path, config: ImageConfig, args: Sequence[str] | None = 
     """The command that runs the image's entrypoint with ``args`` (default: its CMD) from
     ``rootfs`` as the image's user, with its environment (plus ``env``) and working directory,
     the root read-only and ``tmp`` on ``/tmp``. The process keeps the pid of the command, so a
-    signal to it reaches the container's process."""
+    signal to it reaches the container's process; the image's ``setpriv`` makes it die with
+    its parent (the change of user cleared what :func:`~keyrotor.testing.processes.spawn`
+    set), so a killed test run leaves no operator behind."""
     uid, gid = config.uid_gid
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     variables = [f"{k}={v}" for k, v in {**config.env, **(env or {})}.items()]
@@ -326,6 +331,7 @@ def chroot_argv(rootfs: Path, config: ImageConfig, args: Sequence[str] | None = 
             "/bin/sh", "-c", _SETUP, "setup", str(rootfs), str(tmp),
             "/usr/bin/env", "-i", *variables,
             chroot, f"--userspec={uid}:{gid}", f"--groups={gid}", str(rootfs),
+            "/usr/bin/setpriv", "--pdeathsig", "KILL",
             "/usr/bin/env", f"--chdir={config.workdir}", "--", *command]
 
 
