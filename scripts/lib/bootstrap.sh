@@ -18,6 +18,9 @@ python_bin="$(command -v python3.11 || command -v python3)"
 
 deps_hash="$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)"
 VENV="$KEYROTOR_CACHE/venv-$deps_hash"
+# One creator at a time per machine (two checkouts or two commands at once): the others wait.
+exec {venv_lock}>"$KEYROTOR_CACHE/.venv.lock"
+flock "$venv_lock"
 if [ ! -f "$VENV/.complete" ]; then
   log "creating Python environment in $VENV (cached after the first run) ..."
   rm -rf "$VENV"
@@ -32,6 +35,7 @@ PY
   "$VENV/bin/pip" install --quiet -r "$VENV/requirements.txt"
   touch "$VENV/.complete"
 fi
+flock -u "$venv_lock"
 PY="$VENV/bin/python"
 export PYTHONPATH="$REPO/operator:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"
