@@ -368,14 +368,17 @@ def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi:
             stage.first[name] = secret
             kapi.annotate_rotating_secret(namespace, name, "keyrotor.io/rotate", "examples")
         yield stage
+        _scan_for_leaks(control_plane, namespace, operator.log_text(), operator.metrics())
     finally:
-        metrics_text = operator.metrics()
+        # Leave nothing for a later operator that watches every namespace (its finalizer
+        # is removed by this one, which still runs).
+        control_plane.kubectl("delete", "rotatingsecrets", "--all", "-n", namespace,
+                              "--timeout=30s", check=False)
         operator.stop()
         service.stop()
         for proc in stage.procs:
             stop(proc)
         print(f"---- operator log ({operator.log_path}) ----\n{operator.log_text()[-20000:]}")
-    _scan_for_leaks(control_plane, namespace, operator.log_text(), metrics_text)
 
 
 # ---- one rotation per example ----------------------------------------------------------------
