@@ -30,7 +30,8 @@ path "secret/delete/*" { capabilities = ["update"] }
 def kubernetes_auth(control_plane: ControlPlane, crds: None, vault: VaultServer,
                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Vault trusts the control plane's ServiceAccount tokens; returns the operator's token."""
-    control_plane.kubectl("apply", "-f", str(repo_root() / "deploy" / "keyrotor.yaml"))
+    control_plane.kubectl("apply", "--server-side", "-f",
+                          str(repo_root() / "deploy" / "keyrotor.yaml"))
     control_plane.kubectl("create", "serviceaccount", "vault-reviewer", "-n", "keyrotor-system")
     control_plane.kubectl("create", "clusterrolebinding", "vault-reviewer",
                           "--clusterrole=system:auth-delegator",
