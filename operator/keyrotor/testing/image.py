@@ -8,7 +8,9 @@
    the image in its own storage.
 2. **Build.** ``podman build --isolation chroot`` builds the Dockerfile, reusing podman's layer
    cache. A CA bundle (``$PIP_CERT``, ``$SSL_CERT_FILE`` or Debian's) goes in as build secret
-   ``ca-certificates`` for a proxy that intercepts TLS; the image does not keep it.
+   ``ca-certificates`` for a proxy that intercepts TLS; the image does not keep it. The build
+   stage is tagged ``<tag>-build`` and superseded builds' untagged layers are pruned, so the
+   cache holds one build's layers, not one per change of the code.
 3. **Run.** Containers cannot start on these machines (crun's setrlimit is refused; cgroups are
    in hybrid mode), so :func:`chroot_argv` runs the image's entrypoint the way a runtime would,
    minus the isolation: in a private mount namespace, the image's filesystem (``podman image
@@ -253,14 +255,20 @@ def build(tag: str = IMAGE_TAG, *, context: Path | None = None,
     _log(f"building {tag} from {dockerfile} (podman build --isolation chroot, layer cache; "
          f"log in {log}) ...")
     started = time.monotonic()
-    with _locked():
-        _run(["podman", "build", "--isolation", "chroot", "--layers", "--tag", tag,
+    common = ["podman", "build", "--isolation", "chroot", "--layers",
               *(["--secret", f"id=ca-certificates,src={secret}"] if secret else []),
-              "--file", str(dockerfile), str(context)], log=log, what="podman build")
+              "--file", str(dockerfile)]
+    with _locked():
+        _run([*common, "--tag", tag, str(context)], log=log, what="podman build")
         build_seconds = time.monotonic() - started
         config = inspect(tag)
-        if previous and previous != config.id:  # the superseded image, now untagged
-            subprocess.run(["podman", "rmi", previous], capture_output=True, check=False)
+        # Keep the layer cache bounded: the build stage gets a tag of its own (all cached,
+        # a few seconds), so that it survives while superseded builds' layers go.
+        if config.id != previous:
+            _run([*common, "--target", "build", "--tag", f"{tag}-build", str(context)],
+                 what="podman build --target build")
+            subprocess.run(["podman", "image", "prune", "--force", "--filter",
+                            "label=io.buildah.version"], capture_output=True, check=False)
     _log(f"built {tag} ({config.id[:12]}, {config.size / 1e6:.0f} MB) in {build_seconds:.1f}s "
          f"(base {base_seconds:.1f}s)")
     return BuiltImage(tag=tag, config=config, base_seconds=base_seconds,
