@@ -103,6 +103,9 @@ def test_operator_pod_passes_pod_security_restricted(chart_plane: ControlPlane,
 
 # ---- one cluster-wide release: install, rotate, upgrade, uninstall ---------------------------
 
+INSTALL_OUTPUT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def release(chart_plane: ControlPlane, cluster_helm: Helm) -> Iterator[str]:
     create_namespace(chart_plane, RELEASE_NS, **RESTRICTED)
@@ -110,12 +113,20 @@ def release(chart_plane: ControlPlane, cluster_helm: Helm) -> Iterator[str]:
     out = cluster_helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NS,
                        *EVERYTHING).stdout
     print(f"helm install took {time.monotonic() - started:.1f}s\n{out}")
-    assert "kubectl get rsec -A" in out  # NOTES.txt tells what to do next
+    INSTALL_OUTPUT[RELEASE] = out
     yield RELEASE
     cluster_helm("uninstall", RELEASE, "--namespace", RELEASE_NS, check=False)
 
 
 def test_install(chart_plane: ControlPlane, cluster_helm: Helm, release: str) -> None:
+    # NOTES.txt tells what to do next; its example is applied as printed, and the operator
+    # (next test) issues its first version.
+    notes = INSTALL_OUTPUT[release]
+    assert "kubectl get rsec -A" in notes
+    example = notes[notes.index("<<'YAML'\n") + len("<<'YAML'\n"):notes.index("\nYAML\n")]
+    chart_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/rotatingsecrets.keyrotor.io")
+    chart_plane.kubectl("apply", "-n", "default", "-f", "-", input=example)
     status = json.loads(cluster_helm("status", release, "-n", RELEASE_NS, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed" and status["version"] == 1
     for kind, name in [("deployment", "keyrotor"), ("serviceaccount", "keyrotor"),
@@ -165,6 +176,8 @@ def test_operator_rotates_as_the_chart_service_account(
     try:
         operator.wait_ready()
         rotate_once(chart_kapi, chart_plane, apps, "payments-key")
+        wait_status(chart_kapi, "default", "demo-api-key",
+                    lambda s: s.get("currentVersion") == 1, what="the NOTES example's version")
         lease = json.loads(chart_plane.kubectl("get", "lease", "keyrotor", "-n", RELEASE_NS,
                                                "-o", "json").stdout)
         assert lease["spec"]["holderIdentity"] == operator.pod_name
