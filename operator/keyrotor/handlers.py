@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,19 +36,25 @@ class Shared:
     api: KubeApi
     restarter: Restarter
     phase_pause: float = 0.0  # slow motion for demos and crash tests
+    namespaces: tuple[str, ...] = ()  # watched namespaces; empty: cluster-wide
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     last_seen: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, *, phase_pause: float = 0.0,
+    def create(cls, *, phase_pause: float = 0.0, namespaces: Sequence[str] = (),
                restart_window: float = DEFAULT_WINDOW) -> Shared:
         api = KubeApi(load_client())
         return cls(api=api, restarter=Restarter(api, window=restart_window),
-                   phase_pause=phase_pause)
+                   phase_pause=phase_pause, namespaces=tuple(namespaces))
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    shared: Shared = memo.shared
+    # Watching named namespaces needs no list of namespaces nor of CRDs: without scanning,
+    # kopf asks for neither, so a namespaced install needs no cluster-wide permission at all.
+    settings.scanning.disabled = bool(shared.namespaces) and not any(
+        c in n for n in shared.namespaces for c in "*?[!")
     settings.persistence.finalizer = "keyrotor.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="keyrotor.io")

@@ -102,7 +102,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         lacking = await asyncio.to_thread(permissions.missing, load_client(), namespaces)
         permissions.report(lacking)
         shared = handlers.Shared.create(
-            phase_pause=phase_pause,
+            phase_pause=phase_pause, namespaces=namespaces,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
         operator = asyncio.create_task(kopf.operator(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 from aiohttp import web
 from kubernetes import client, watch
 
@@ -23,6 +24,21 @@ from keyrotor.testing.democonsumer import serve
 from keyrotor.testing.processes import spawn
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import remember_secret
+
+
+def token_kubeconfig(plane: ControlPlane, service_account: str, namespace: str,
+                     path: Path) -> Path:
+    """A kubeconfig that authenticates as ``service_account`` with a TokenRequest token, as a
+    pod of that ServiceAccount would."""
+    token = plane.kubectl("create", "token", service_account, "-n", namespace,
+                          "--duration=1h").stdout.strip()
+    config = yaml.safe_load(plane.kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    config["contexts"] = [{"name": "sa", "context": {"cluster": "keyrotor-envtest",
+                                                      "user": "sa"}}]
+    config["current-context"] = "sa"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def status_of(kapi: KubeApi, namespace: str, name: str) -> dict[str, Any]:
