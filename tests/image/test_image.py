@@ -81,9 +81,19 @@ def test_image_configuration(built: image.BuiltImage) -> None:
     assert labels["org.opencontainers.image.base.name"] == image.BASE_NAME
 
 
-# Run inside the image as its user: who it is, what it can import, find and write.
+# Run inside the image as its user: who it is, what it can import, find and write. Every
+# module of keyrotor must import: a runtime dependency declared only in the dev extras, or a
+# part of a dependency the Dockerfile strips (kubernetes.aio), would show here.
 INSPECT = r"""
-import importlib.util, json, os, pwd, shutil
+import importlib, importlib.util, json, os, pkgutil, pwd, shutil
+import keyrotor
+unimportable = {}
+for module in pkgutil.walk_packages(keyrotor.__path__, "keyrotor."):
+    if not module.name.endswith(".__main__"):
+        try:
+            importlib.import_module(module.name)
+        except Exception as e:
+            unimportable[module.name] = repr(e)
 written = {}
 for path in ("/opt/venv/probe", "/etc/probe", "/usr/probe", "/probe", "/tmp/probe"):
     try:
@@ -100,6 +110,7 @@ print(json.dumps({
     "tools": {t: shutil.which(t) for t in ("gcc", "cc", "c++", "make", "pip", "pip3",
                                            "keyrotor", "python3")},
     "written": written,
+    "unimportable": unimportable,
 }))
 """
 
@@ -125,6 +136,7 @@ def test_runtime_only_non_root_read_only(built: image.BuiltImage, rootfs: Path,
                                 "/usr/probe": "Read-only file system",
                                 "/probe": "Read-only file system", "/tmp/probe": "ok"}
     assert (tmp / "probe").read_text() == "x"
+    assert facts["unimportable"] == {}
     # And seen from outside: no compiler, no pip anywhere in the final stage.
     site = rootfs / "opt/venv/lib/python3.11/site-packages"
     assert not list(site.glob("pip*")) and not list(site.glob("setuptools*"))
