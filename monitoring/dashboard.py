@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, dashboard, stat, statetimeline, timeseries
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, StackingConfig
+from grafana_foundation_sdk.builders.common import (
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
@@ -70,11 +75,21 @@ def value_map(mapping: dict[int, tuple[str, str]]) -> ValueMap:
                              for i, (value, (text, color)) in enumerate(mapping.items())})
 
 
+def legend() -> VizLegendOptions:
+    return (VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM).show_legend(True))
+
+
+def tooltip() -> VizTooltipOptions:
+    return VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(
+        common.SortOrder.DESCENDING)
+
+
 def series(title: str, description: str, unit: str, *targets: Dataquery, bars: bool = False,
            stacked: bool = False, width: int = 12, height: int = 8) -> timeseries.Panel:
     panel = (timeseries.Panel().title(title).description(description).unit(unit)
              .datasource(DATASOURCE).span(width).height(height).targets(list(targets))
-             .fill_opacity(20 if stacked else 10).min(0))
+             .fill_opacity(20 if stacked else 10).min(0).legend(legend()).tooltip(tooltip()))
     if bars:
         panel = panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80)
     if stacked:
@@ -87,7 +102,8 @@ def timeline(title: str, description: str, mapping: dict[int, tuple[str, str]],
     return (statetimeline.Panel().title(title).description(description)
             .datasource(DATASOURCE).span(width).height(height).targets(list(targets))
             .mappings([value_map(mapping)]).show_value(common.VisibilityMode.AUTO)
-            .merge_values(True))
+            .merge_values(True).row_height(0.9).fill_opacity(70).line_width(0)
+            .legend(legend()).tooltip(tooltip()))
 
 
 def bars(title: str, description: str, unit: str, target: Dataquery,
