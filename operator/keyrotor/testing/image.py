@@ -9,8 +9,9 @@
 2. **Build.** ``podman build --isolation chroot`` builds the Dockerfile, reusing podman's layer
    cache. A CA bundle (``$PIP_CERT``, ``$SSL_CERT_FILE`` or Debian's) goes in as build secret
    ``ca-certificates`` for a proxy that intercepts TLS; the image does not keep it. The build
-   stage is tagged ``<tag>-build`` and superseded builds' untagged layers are pruned, so the
-   cache holds one build's layers, not one per change of the code.
+   stage is tagged ``<tag>-build``; after a build that made a new image, podman's dangling
+   images built by podman/buildah (label ``io.buildah.version``: here, superseded builds'
+   layers) are pruned, so the cache holds one build's layers, not one per change of the code.
 3. **Run.** Containers cannot start on these machines (crun's setrlimit is refused; cgroups are
    in hybrid mode), so :func:`chroot_argv` runs the image's entrypoint the way a runtime would,
    minus the isolation: in a private mount namespace, the image's filesystem (``podman image
