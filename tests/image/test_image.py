@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,14 @@ def self_contained_kubeconfig(plane: ControlPlane) -> bytes:
     return yaml.safe_dump(config).encode()
 
 
+def process_facts(pid: int) -> tuple[list[str], str, list[str]]:
+    """A process's real, effective, saved and fs uids, its root and its first 3 arguments."""
+    uids = next(line.split()[1:] for line in Path(f"/proc/{pid}/status").read_text()
+                .splitlines() if line.startswith("Uid:"))
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return uids, os.readlink(f"/proc/{pid}/root"), argv[:3]
+
+
 async def test_operator_from_the_image_rotates_a_secret(
         built: image.BuiltImage, rootfs: Path, control_plane: ControlPlane, crds: None,
         kapi: KubeApi, namespace: str, tmp_path: Path) -> None:
@@ -181,6 +190,10 @@ async def test_operator_from_the_image_rotates_a_secret(
 
         await asyncio.to_thread(wait_for, serving, timeout=60,
                                 what="the operator's metrics from the image")
+        # The process serving them is the image's entrypoint, as the image's user, in its root.
+        assert process_facts(proc.pid) == (
+            ["65532"] * 4, str(rootfs), ["/opt/venv/bin/python3", "/opt/venv/bin/keyrotor",
+                                         "run"])
         control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
             "from-image", rotation={"minOverlap": "1s", "maxOverlap": "1m"},
             generator={"random": {"length": 24, "encoding": "hex"}},
