@@ -324,12 +324,17 @@ def operator_rows() -> list[Any]:
     ]
 
 
-def variable(name: str, label: str, expr: str, description: str) -> dashboard.QueryVariable:
-    return (dashboard.QueryVariable(name).label(label).description(description)
-            .datasource(DATASOURCE).query({"query": expr, "refId": name})
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*")
-            .current(VariableOption(selected=True, text="All", value="$__all")))
+def variable(name: str, label: str, expr: str, description: str, *,
+             all_value: str | None = ".*") -> dashboard.QueryVariable:
+    """A multi-value variable from ``label_values``. "All" is ``.*`` (one short regex however
+    many RotatingSecrets there are) unless ``all_value`` is None: then Grafana joins the
+    variable's own values, which keeps ``up{job=~"$job"}`` to the operator's jobs."""
+    built = (dashboard.QueryVariable(name).label(label).description(description)
+             .datasource(DATASOURCE).query({"query": expr, "refId": name})
+             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
+             .multi(True).include_all(True)
+             .current(VariableOption(selected=True, text="All", value="$__all")))
+    return built.all_value(all_value) if all_value is not None else built
 
 
 def build() -> dashboard.Dashboard:
@@ -344,7 +349,8 @@ def build() -> dashboard.Dashboard:
                             .type("prometheus").description("The Prometheus scraping keyrotor"))
              .with_variable(variable("job", "Operator job",
                                      "label_values(keyrotor_build_info, job)",
-                                     "The scrape job of the keyrotor operator"))
+                                     "The scrape job of the keyrotor operator",
+                                     all_value=None))
              .with_variable(variable("namespace", "Namespace",
                                      'label_values(keyrotor_phase{job=~"$job"}, namespace)',
                                      "Namespace of the RotatingSecrets"))
