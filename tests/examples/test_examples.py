@@ -4,16 +4,16 @@
   it must hold one RotatingSecret without a namespace, be listed in examples/README.md, and
   pass a server-side dry run against the real kube-apiserver with the CRD installed.
 * Then every example is applied for real in one namespace watched by one operator, with its
-  endpoints pointed at the real test servers (Vault, SoftHSM2, PostgreSQL, the reference key
-  service for webhook targets, an HTTP acceptor that reads the Secret) and its times
-  shortened (minOverlap 1s, probe rounds of 200 ms). Each must issue version 1, then complete
-  one rotation asked for with the ``keyrotor.io/rotate`` annotation, with the Secret holding
-  version 2 and nothing else. All are applied first and rotated together, so the whole tier
-  costs about one rotation.
-* Only an example whose consumers need a fleet (a Prometheus query over presenters' metrics)
-  or workloads rolled out by controllers (none run here) stays at the dry run. That is decided
-  from the spec, and the set is pinned below so that no example drops out of the real
-  rotation unnoticed.
+  endpoints pointed at the real test servers (Vault, SoftHSM2, PostgreSQL, Prometheus, the
+  reference key service for webhook targets, an HTTP acceptor that reads the Secret) and its
+  times shortened (minOverlap 1s, probe rounds of 200 ms). Each must issue version 1, then
+  complete one rotation asked for with the ``keyrotor.io/rotate`` annotation, with the Secret
+  holding version 2 and nothing else. All are applied first and rotated together, so the
+  whole tier costs about one rotation.
+* What a cluster would add is played here: a presenter process on ``keyrotor.client``
+  (scraped by the real Prometheus) for each Secret that a ``prometheus`` consumer asks about,
+  and, as no controllers run, the workloads of ``rolloutRestartTargets`` with their status
+  written as their controller would once the restart is asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import copy
 import json
 import re
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -39,13 +40,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from kubernetes import client
 
 from keyrotor.kube import KubeApi
-from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.controlplane import ControlPlane, free_port
 from keyrotor.testing.democonsumer import read_slots
 from keyrotor.testing.postgresserver import PostgresServer
-from keyrotor.testing.processes import stop
+from keyrotor.testing.processes import spawn, stop
+from keyrotor.testing.prometheusserver import PrometheusServer
+from keyrotor.testing.secretmount import SecretMirror
 from keyrotor.testing.softhsm import SoftHsmToken
 from keyrotor.testing.toolchain import repo_root
 from keyrotor.testing.vaultserver import VaultServer
+from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import (
     SECRET_VALUES,
     OperatorProcess,
@@ -56,8 +60,6 @@ from tests.operator.helpers import condition, start_key_service, status_of, wait
 
 EXAMPLES_DIR = repo_root() / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
-# The examples that cannot rotate here, and why (see dry_run_only). Pinned on purpose.
-DRY_RUN_ONLY = {"prometheus-fleet-check.yaml", "rollout-restart.yaml"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -65,19 +67,6 @@ def load(path: Path) -> dict[str, Any]:
     assert len(docs) == 1, f"{path.name}: one RotatingSecret per file, found {len(docs)}"
     doc: dict[str, Any] = docs[0]
     return doc
-
-
-def dry_run_only(doc: dict[str, Any]) -> str | None:
-    """Why this example cannot complete a rotation against the local servers, if it cannot."""
-    spec = doc["spec"]
-    if any("prometheus" in c for c in spec.get("consumers") or ()):
-        return "its prometheus consumer asks about a fleet of presenters"
-    if spec.get("rolloutRestartTargets"):
-        return "rollout restarts wait for controllers to roll workloads out; none run here"
-    return None
-
-
-ROTATED = [p for p in EXAMPLES if dry_run_only(load(p)) is None]
 
 
 # ---- the files themselves ------------------------------------------------------------------
@@ -98,9 +87,6 @@ def test_examples_are_one_resource_each_and_indexed() -> None:
         secrets.add(doc["spec"]["secretName"])
     # Distinct, so that all of them can be applied to one namespace.
     assert len(names) == len(secrets) == len(EXAMPLES)
-    assert {p.name for p in EXAMPLES if p not in ROTATED} == DRY_RUN_ONLY, (
-        "an example no longer rotates in this test (or a new one cannot): "
-        + "; ".join(f"{p.name}: {dry_run_only(load(p))}" for p in EXAMPLES if p not in ROTATED))
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +180,12 @@ class Stage:
     vault: VaultServer
     postgres: PostgresServer
     service: LocalService
+    prometheus: PrometheusServer
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    mirrors: list[SecretMirror] = field(default_factory=list)
+    fleets: dict[str, Path] = field(default_factory=dict)  # Secret -> its presenter's tally
+    workloads: set[tuple[str, str]] = field(default_factory=set)  # (kind, name)
+    stopping: threading.Event = field(default_factory=threading.Event)
     key_services: dict[str, str] = field(default_factory=dict)  # example name -> URL
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> adapted doc
     first: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> version 1 Secret
@@ -241,7 +232,67 @@ class Stage:
                 http["url"] = f"{self.service.url}/accept/{spec['secretName']}"
             if "postgres" in consumer:
                 consumer["postgres"].update(self._postgres_server())
+            if "prometheus" in consumer:
+                consumer["prometheus"]["url"] = self.prometheus.url
+                consumer["prometheus"].pop("caBundle", None)
+                self.fleets[spec["secretName"]] = self.tmp / f"presenter-{name}.json"
+        for workload in spec.get("rolloutRestartTargets") or ():
+            self._workload(workload["kind"], workload["name"])
         return doc
+
+    def start_presenter(self, secret: str) -> None:
+        """A presenter on keyrotor.client with a kubelet-style mount of ``secret`` (0.2 s
+        behind), sending to the acceptor and scraped by Prometheus: the fleet a prometheus
+        consumer asks about. Its metrics say secret="<the mount's name>", as in a pod."""
+        mirror = SecretMirror(lambda: self.kapi.get_secret(self.namespace, secret),
+                              self.tmp / "mounts" / secret, period=0.2)
+        mirror.sync()
+        self.mirrors.append(mirror.start())
+        port, stats, job = free_port(), self.fleets[secret], f"{self.namespace}-{secret}"
+        self.procs.append(spawn(
+            [sys.executable, "-m", "keyrotor.testing.consumerapp", "presenter",
+             "--mount", str(self.tmp / "mounts" / secret), "--metrics-port", str(port),
+             "--url", f"{self.service.url}/accept/{secret}", "--period", "0.1",
+             "--stats", str(stats)], self.tmp / f"presenter-{secret}.log"))
+        self.prometheus.scrape(job, f"127.0.0.1:{port}")
+        wait_for(lambda: self.prometheus.up(job), timeout=30, what=f"presenter of {secret}")
+
+    def _workload(self, kind: str, name: str) -> None:
+        if (kind, name) in self.workloads:
+            return
+        labels = {"app": name}
+        spec: dict[str, Any] = {"selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": name, "image": "registry.invalid/app:1"}]}}}
+        if kind != "DaemonSet":
+            spec["replicas"] = 2
+        if kind == "StatefulSet":
+            spec["serviceName"] = name
+        self.plane.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps({
+            "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}))
+        self.workloads.add((kind, name))
+
+    def play_controllers(self) -> None:
+        """No controller-manager runs here: write each workload's status as its controller
+        would once a changed pod template (a restart) has rolled out."""
+        while not self.stopping.wait(0.1):
+            for kind, name in self.workloads:
+                body = self.kapi.get_workload(self.namespace, kind, name) or {}
+                generation = body.get("metadata", {}).get("generation", 0)
+                if (body.get("status") or {}).get("observedGeneration") == generation:
+                    continue
+                if kind == "DaemonSet":
+                    status = {"desiredNumberScheduled": 2, "updatedNumberScheduled": 2,
+                              "numberAvailable": 2, "numberReady": 2,
+                              "currentNumberScheduled": 2, "numberMisscheduled": 0}
+                else:
+                    status = {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+                              "availableReplicas": 2}
+                plural = {"Deployment": "deployment", "StatefulSet": "stateful_set",
+                          "DaemonSet": "daemon_set"}[kind]
+                getattr(self.kapi.apps, f"patch_namespaced_{plural}_status")(
+                    name, self.namespace,
+                    {"status": {**status, "observedGeneration": generation}})
 
     def _vault(self, vault: dict[str, Any]) -> None:
         vault["address"] = self.vault.address
@@ -336,6 +387,7 @@ class Stage:
 @pytest.fixture(scope="module")
 def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi: KubeApi,
           softhsm: SoftHsmToken, vault: VaultServer, postgres: PostgresServer,
+          prometheus: PrometheusServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     """Every example that can rotate here, applied to one namespace watched by one operator,
     issued (version 1), and asked to rotate once; the tests below check each rotation."""
@@ -345,15 +397,20 @@ def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi:
         client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     service = LocalService(kapi, namespace).start()
     # The softhsm fixture set SOFTHSM2_CONF in this process; the operator inherits it.
+    # Restarts are debounced for 0.5 s instead of 10 s.
     operator = OperatorProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
-                               log_path=tmp / "operator.log")
-    stage = Stage(control_plane, kapi, namespace, tmp, softhsm, vault, postgres, service)
+                               log_path=tmp / "operator.log",
+                               extra_args=["--restart-debounce", "0.5"])
+    stage = Stage(control_plane, kapi, namespace, tmp, softhsm, vault, postgres, service,
+                  prometheus)
+    controllers = threading.Thread(target=stage.play_controllers, daemon=True)
     try:
         operator.start()
-        for path in ROTATED:
+        for path in EXAMPLES:
             doc = stage.adapt(load(path))
             stage.applied[doc["metadata"]["name"]] = doc
             control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+        controllers.start()
         # They all work at once; wait for each in turn, then ask all to rotate.
         for name in stage.applied:
             try:
@@ -366,6 +423,8 @@ def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi:
             remember_secret(secret)
             assert secret is not None
             stage.first[name] = secret
+            if name in stage.fleets:
+                stage.start_presenter(name)
             kapi.annotate_rotating_secret(namespace, name, "keyrotor.io/rotate", "examples")
         yield stage
         _scan_for_leaks(control_plane, namespace, operator.log_text(), operator.metrics())
@@ -375,9 +434,12 @@ def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi:
         control_plane.kubectl("delete", "rotatingsecrets", "--all", "-n", namespace,
                               "--timeout=30s", check=False)
         operator.stop()
+        stage.stopping.set()
         service.stop()
         for proc in stage.procs:
             stop(proc)
+        for mirror in stage.mirrors:
+            mirror.stop()
         print(f"---- operator log ({operator.log_path}) ----\n{operator.log_text()[-20000:]}")
 
 
@@ -388,7 +450,7 @@ def text(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
-@pytest.mark.parametrize("path", ROTATED, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_rotates_once(path: Path, stage: Stage) -> None:
     name = load(path)["metadata"]["name"]
     assert name not in stage.problems, stage.problems[name]
@@ -399,8 +461,14 @@ def test_rotates_once(path: Path, stage: Stage) -> None:
     assert "previousVersion" not in status and "nextVersion" not in status
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Degraded")["status"] == "False"
-    for consumer in status.get("consumers") or ():
-        assert consumer["ok"] and consumer["version"] == 2, consumer
+    # The retirement verdict rests on every consumer probed then, rollouts included.
+    spec = stage.applied[name]["spec"]
+    expected = {c["name"] for c in spec.get("consumers") or ()
+                if c.get("during", "Both") in ("Both", "Retirement")}
+    expected |= {f"{w['kind']}/{w['name']}" for w in spec.get("rolloutRestartTargets") or ()}
+    verified = {c["name"] for c in status.get("consumers") or ()
+                if c["ok"] and c["version"] == 2}
+    assert verified >= expected, status.get("consumers")
 
     before, after = stage.first[name], kapi.get_secret(ns, name)
     assert after is not None
@@ -458,9 +526,14 @@ def check_material(stage: Stage, spec: dict[str, Any], before: dict[str, Any],
     for consumer in spec.get("consumers") or ():
         if "http" in consumer:  # the acceptor was asked, and said yes
             assert stage.service.accepted.get(spec["secretName"], 0) >= 2
-    for consumer in spec.get("consumers") or ():
-        if "http" in consumer:  # the acceptor was asked, and said yes
-            assert stage.service.accepted.get(spec["secretName"], 0) >= 2
+    if spec["secretName"] in stage.fleets:  # the presenter never saw a request fail
+        tally = json.loads(stage.fleets[spec["secretName"]].read_text())
+        assert tally["sent"] > 0 and tally.get("failed", 0) == 0, tally
+    for workload in spec.get("rolloutRestartTargets") or ():
+        body = stage.kapi.get_workload(stage.namespace, workload["kind"], workload["name"])
+        assert body is not None
+        annotations = body["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[f"restarted.keyrotor.io/{after['metadata']['name']}"] == "2"
     if "webhook" in target:
         held = stage.key_services[after["metadata"]["name"]]
         assert requests.get(f"{held}/keys", timeout=5).json()["versions"] == [2]
