@@ -177,10 +177,14 @@ async def test_operator_from_the_image_rotates_a_secret(
     log = tmp_path / "operator.log"
     consumer = SwitchableConsumer()
     url = await consumer.start()
+    # As the chart runs it: leader election on, the pod's name and namespace from the
+    # downward API.
+    pod = {"POD_NAME": "keyrotor-image-0", "POD_NAMESPACE": namespace}
     proc = spawn(image.chroot_argv(
         rootfs, config, ["run", "--kubeconfig", kubeconfig, "-n", namespace,
                          "--metrics-port", str(metrics_port),
-                         "--liveness-port", str(liveness_port), "--verbose"], tmp=tmp), log)
+                         "--liveness-port", str(liveness_port), "--leader-elect", "--verbose"],
+        tmp=tmp, env=pod), log)
     metrics_text = ""
     try:
         def serving() -> bool:
@@ -219,9 +223,13 @@ async def test_operator_from_the_image_rotates_a_secret(
         assert consumer.requests >= 4  # two rounds of acceptance and of retirement, at least
         await asyncio.to_thread(wait_reasons, kapi, namespace, "from-image",
                                 lambda r: "Revoked" in r, what="the Revoked event")
-        assert json.loads(fetch(f"http://127.0.0.1:{liveness_port}/healthz")) is not None
+        assert fetch(f"http://127.0.0.1:{liveness_port}/healthz")
         metrics_text = fetch(f"http://127.0.0.1:{metrics_port}/metrics")
         assert "keyrotor_rotations_total{" in metrics_text
+        assert "keyrotor_leader 1.0" in metrics_text
+        lease = json.loads(control_plane.kubectl(
+            "get", "lease", "keyrotor", "-n", namespace, "-o", "json").stdout)
+        assert lease["spec"]["holderIdentity"] == pod["POD_NAME"]
     finally:
         proc.terminate()
         try:
