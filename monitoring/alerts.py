@@ -184,15 +184,18 @@ def alerts(operator_job: str = "") -> list[Alert]:
             (BACKEND_ERROR_RATE, BACKEND_RATE)),
         Alert(
             "KeyrotorDegraded",
-            "keyrotor_degraded == 1", "10m", "warning",
+            # Holding also sets Degraded: KeyrotorHolding (critical) says it more precisely.
+            "keyrotor_degraded == 1\nunless on (namespace, name) keyrotor_rotation_holding == 1",
+            "10m", "warning",
             f"{RSEC} is Degraded",
-            f"The Degraded condition of {RSEC} has been True for 10 minutes.",
+            f"The Degraded condition of {RSEC} has been True for 10 minutes (not counting "
+            "Holding, which has its own alert).",
             "`kubectl get rsec -n NS NAME -o yaml`: the Degraded condition's reason and "
             "message say what is wrong (BackendUnavailable, PermissionDenied with the verb "
             "and resource the operator lacks, an invalid spec, Holding). keyrotor keeps "
             "retrying with backoff and never revokes while Degraded; fix the cause and the "
             "condition clears at the next reconcile.",
-            ("keyrotor_degraded",)),
+            ("keyrotor_degraded", "keyrotor_rotation_holding")),
         Alert(
             "KeyrotorOperatorAbsent",
             f"absent({_operator_up(operator_job)})", "5m", "critical",
