@@ -184,6 +184,7 @@ class Stage:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     mirrors: list[SecretMirror] = field(default_factory=list)
     fleets: dict[str, Path] = field(default_factory=dict)  # Secret -> its presenter's tally
+    jobs: list[str] = field(default_factory=list)  # Prometheus jobs of the presenters
     workloads: set[tuple[str, str]] = field(default_factory=set)  # (kind, name)
     stopping: threading.Event = field(default_factory=threading.Event)
     key_services: dict[str, str] = field(default_factory=dict)  # example name -> URL
@@ -255,6 +256,7 @@ class Stage:
              "--url", f"{self.service.url}/accept/{secret}", "--period", "0.1",
              "--stats", str(stats)], self.tmp / f"presenter-{secret}.log"))
         self.prometheus.scrape(job, f"127.0.0.1:{port}")
+        self.jobs.append(job)
         wait_for(lambda: self.prometheus.up(job), timeout=30, what=f"presenter of {secret}")
 
     def _workload(self, kind: str, name: str) -> None:
@@ -440,6 +442,8 @@ def stage(control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi:
             stop(proc)
         for mirror in stage.mirrors:
             mirror.stop()
+        for job in stage.jobs:  # Prometheus is shared by the run: no target left down
+            prometheus.scrape(job)
         print(f"---- operator log ({operator.log_path}) ----\n{operator.log_text()[-20000:]}")
 
 
@@ -512,10 +516,25 @@ def check_material(stage: Stage, spec: dict[str, Any], before: dict[str, Any],
                 vault["kv"]["path"], version=2, mount_point=vault["kv"].get("mount", "secret"),
                 raise_on_deleted_version=True)
             assert current.decode() == kv["data"]["data"]["value"]
+            versions = stage.vault.client().secrets.kv.v2.read_secret_metadata(
+                vault["kv"]["path"], mount_point=vault["kv"].get("mount", "secret"),
+            )["data"]["versions"]
+            if not spec.get("revocation", {}).get("keepHistory", 0):  # version 1 is gone
+                destroyed = vault["kv"].get("destroy", True)
+                assert versions["1"]["destroyed"] is destroyed
+                assert destroyed or versions["1"]["deletion_time"]
         else:
             transit = vault["transit"]
-            assert current.decode() == f"{transit.get('mount', 'transit')}/{transit['key']}"
+            mount = transit.get("mount", "transit")
+            assert current.decode() == f"{mount}/{transit['key']}"
             assert text(after, "current.key-version") == "2"
+            key = stage.vault.client().secrets.transit.read_key(
+                transit["key"], mount_point=mount)["data"]
+            keep = spec.get("revocation", {}).get("keepHistory", 0)
+            assert key["min_decryption_version"] == 2 - keep and len(key["keys"]) == 1 + keep
+            if "rewrapHook" in transit and not keep:  # asked before version 1 stopped working
+                assert {"key": f"{mount}/{transit['key']}", "retiringVersion": 1,
+                        "currentVersion": 2} in stage.service.rewraps
     if "hsm" in generator:
         prefix = generator["hsm"].get("labelPrefix") or \
             f"{stage.namespace}-{spec['secretName']}"
