@@ -85,10 +85,22 @@ def chart_plane() -> Iterator[ControlPlane]:
     with ControlPlane() as plane:
         plane.kubectl("apply", "--server-side",
                       *(arg for path in prometheus_operator_crds() for arg in ("-f", str(path))))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                      "crd/servicemonitors.monitoring.coreos.com",
-                      "crd/prometheusrules.monitoring.coreos.com")
+        wait_established(plane, "servicemonitors.monitoring.coreos.com",
+                         "prometheusrules.monitoring.coreos.com")
         yield plane
+
+
+def wait_established(plane: ControlPlane, *crds: str) -> None:
+    """Poll until every CRD named is Established (kubectl wait once failed at once here)."""
+    def established(name: str) -> bool:
+        result = plane.kubectl("get", "crd", name, "-o", 'jsonpath={.status.conditions'
+                               '[?(@.type=="Established")].status}', check=False)
+        if result.returncode != 0:
+            print(f"kubectl get crd {name}: {result.stderr.strip()}")
+        return result.returncode == 0 and result.stdout.strip() == "True"
+    for name in crds:
+        wait_for(lambda name=name: established(name), timeout=60,
+                 what=f"CRD {name} established")
 
 
 @pytest.fixture(scope="session")
