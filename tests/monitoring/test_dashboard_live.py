@@ -195,6 +195,10 @@ def test_every_panel_and_alert_query_returns_data(
             targets += 1
             check("panel", f'{panel["title"]} [{target["refId"]}]',
                   substitute(target["expr"], values))
+    # The phase timeline's numbers are the phases (value mappings turn them back into names).
+    phases = {r["metric"]["name"]: float(r["value"][1]) for r in prometheus.query(
+        substitute(dashboard.phase_query(), values))}
+    assert phases[stuck] == dashboard.PHASES["Holding"], phases
     rules = alerts.alerts()
     signals = 0
     for rule in rules:
