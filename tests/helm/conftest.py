@@ -122,20 +122,6 @@ def create_namespace(plane: ControlPlane, name: str, **labels: str) -> str:
     return name
 
 
-def service_account_kubeconfig(plane: ControlPlane, namespace: str, account: str,
-                               path: Path) -> Path:
-    """A kubeconfig holding a TokenRequest token of ``namespace/account``."""
-    token = plane.kubectl("create", "token", account, "-n", namespace,
-                          "--duration=1h").stdout.strip()
-    config = yaml.safe_load(plane.kubeconfig.read_text())
-    config["users"] = [{"name": "sa", "user": {"token": token}}]
-    config["contexts"] = [{"name": "sa", "context": {"cluster": "keyrotor-envtest",
-                                                      "user": "sa"}}]
-    config["current-context"] = "sa"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def operator_command(deployment: dict[str, Any], *, pod_name: str, metrics_port: int,
                      liveness_port: int) -> list[str]:
     """``keyrotor <args>`` as the Deployment's container would run it, on this machine.

@@ -29,12 +29,11 @@ from tests.helm.conftest import (
     Helm,
     create_namespace,
     installed_deployment,
-    service_account_kubeconfig,
     wait_established,
 )
 from tests.helm.test_chart_files import EVERYTHING, NAMESPACED
 from tests.operator.conftest import rotating_secret
-from tests.operator.helpers import wait_status
+from tests.operator.helpers import token_kubeconfig, wait_status
 
 RELEASE, RELEASE_NS = "keyrotor", "keyrotor-system"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
@@ -166,9 +165,9 @@ def test_operator_rotates_as_the_chart_service_account(
         chart_plane: ControlPlane, chart_kapi: KubeApi, release: str, tmp_path: Path) -> None:
     apps = create_namespace(chart_plane, "apps")
     deployment = installed_deployment(chart_plane, RELEASE_NS, "keyrotor")
-    kubeconfig = service_account_kubeconfig(chart_plane, RELEASE_NS,
-                                            deployment["spec"]["template"]["spec"]
-                                            ["serviceAccountName"], tmp_path / "sa.kubeconfig")
+    kubeconfig = token_kubeconfig(chart_plane,
+                                  deployment["spec"]["template"]["spec"]["serviceAccountName"],
+                                  RELEASE_NS, tmp_path / "sa.kubeconfig")
     operator = ChartOperator(deployment=deployment, kubeconfig=kubeconfig,
                              log_path=tmp_path / "operator.log")
     print("keyrotor", " ".join(operator.argv))
@@ -262,8 +261,8 @@ def test_namespaced_release_rotates_in_its_namespace_only(
     assert can("list", "rotatingsecrets.keyrotor.io", "team-b") == "no"
     assert can("list", "namespaces", "") == "no"  # nothing cluster-wide
 
-    kubeconfig = service_account_kubeconfig(chart_plane, "keyrotor-team", account,
-                                            tmp_path / "sa.kubeconfig")
+    kubeconfig = token_kubeconfig(chart_plane, account, "keyrotor-team",
+                                  tmp_path / "sa.kubeconfig")
     chart_plane.kubectl("create", "secret", "generic", "other-team", "-n", "team-b",
                         "--from-literal=key=value")
     assert chart_plane.binaries is not None
