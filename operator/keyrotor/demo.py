@@ -200,7 +200,7 @@ async def _rotate_live(api: KubeApi, target: Cluster) -> bool:
                     seen.append(status["phase"])
                 secret = await asyncio.to_thread(read)
                 events = await asyncio.to_thread(api.list_events, NAMESPACE, NAME)
-                events.sort(key=lambda e: e.get("firstTimestamp") or "")
+                events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # creation order
                 live.update(_view(status, seen, secret, presenter, acceptor, events))
                 if status.get("rotationCount", 0) > rotations and status.get("phase") == "Idle":
                     break

@@ -173,14 +173,16 @@ class KubeApi:
 
     # ---- Events ------------------------------------------------------------------------------
 
-    def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+    def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str,
+                   name: str | None = None) -> None:
+        """Post an Event. With ``name``, at most once: a replay after a crash finds it there
+        (409) and stops. Without, named like client-go's (name.<unix nanos in hex>)."""
         meta = obj["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            # Named like client-go's events (name.<unix nanos in hex>): unique, and in order.
-            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}",
+            "metadata": {"name": name or f"{meta['name']}.{time.time_ns():x}",
                          "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
                                "kind": obj.get("kind", "RotatingSecret"),
@@ -197,8 +199,13 @@ class KubeApi:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        with _call("create", "events", meta["namespace"]):
-            self.core.create_namespaced_event(meta["namespace"], event)
+        try:
+            with _call("create", "events", meta["namespace"]):
+                self.core.create_namespaced_event(meta["namespace"], event)
+        except Conflict:
+            if name is None:
+                raise  # AlreadyExists on a unique name: not a replay, report it
+
 
     def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         raw = self.core.list_namespaced_event(

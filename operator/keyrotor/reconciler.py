@@ -67,8 +67,8 @@ class Api(Protocol):
                      resource_version: str | None) -> dict[str, Any]: ...
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def write_secret(self, body: dict[str, Any], *, create: bool) -> None: ...
-    def post_event(self, obj: dict[str, Any], *, type: str, reason: str,
-                   message: str) -> None: ...
+    def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str,
+                   name: str | None = None) -> None: ...
 
 
 Prober = Callable[[list[Probe], dict[str, str]], Any]
@@ -182,12 +182,10 @@ class Reconciler:
         meta, spec = body["metadata"], body.get("spec") or {}
         namespace, name = meta["namespace"], meta["name"]
         rspec = RotationSpec.parse(spec)
-        ctx = Context(namespace=namespace, name=name,
-                      read_secret_key=self._secret_reader(namespace))
-        keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
-        generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
-        target = target_from_spec(spec.get("target"), ctx)
-        probes = _probes(spec.get("consumers") or (), generator, target)
+        # Building the adapters may read referenced Secrets (tokens, PINs, admin passwords)
+        # with the blocking client: off the event loop, like every other blocking call.
+        generator, target, probes = await asyncio.to_thread(self._adapters, namespace, name,
+                                                            spec)
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         state = status_io.from_status(body.get("status"))
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
@@ -217,8 +215,11 @@ class Reconciler:
         due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
                                  since=result.state.current_version_time)
         shown = None if result.state.rotating or rspec.suspend else due
+        # Events before the status: a crash in between replays the step, and the replay's
+        # events carry the same names, so each transition is posted exactly once.
+        await self._announce(body, result.state, result.events)
         await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
-        await self._report(body, result.state, result.events, result.effect, due)
+        self._observe(body, result.state, result.effect, due)
         if result.state.phase != state.phase:
             return max(result.requeue_after, self.phase_pause)
         return result.requeue_after
@@ -256,6 +257,16 @@ class Reconciler:
             if not r.ok:
                 metrics.PROBE_FAILURES.labels(owner.namespace, owner.name, r.name).inc()
         return ProbeRound(version=version, results=tuple(results))
+
+    def _adapters(self, namespace: str, name: str, spec: dict[str, Any],
+                  ) -> tuple[Generator, Target | None, list[Probe]]:
+        """The generator, target and probes for ``spec``. Blocking."""
+        ctx = Context(namespace=namespace, name=name,
+                      read_secret_key=self._secret_reader(namespace))
+        keep = int((spec.get("revocation") or {}).get("keepHistory", 0))
+        generator = from_spec(spec.get("generator") or {}, ctx, keep_history=keep)
+        target = target_from_spec(spec.get("target"), ctx)
+        return generator, target, _probes(spec.get("consumers") or (), generator, target)
 
     def _secret_reader(self, namespace: str) -> Callable[[str, str], bytes]:
         """Reads keys of Secrets for one reconcile; each Secret is fetched once (a postgres
@@ -320,15 +331,23 @@ class Reconciler:
         await asyncio.to_thread(self.api.patch_status, meta["namespace"], meta["name"], status,
                                 resource_version=meta.get("resourceVersion"))
 
-    async def _report(self, body: dict[str, Any], state: RotationState,
-                      events: tuple[Event, ...], effect: Effect | None,
-                      due: datetime.datetime | None) -> None:
+    async def _announce(self, body: dict[str, Any], state: RotationState,
+                        events: tuple[Event, ...]) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         for event in events:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+            # RotatingSecret, its uid (a re-created one starts at version 1 again), reason and
+            # the version under rotation: the same step always gets the same name.
+            key = f"{name[:200]}.{meta['uid'][:8]}.{event.reason.lower()}.v{state.latest}" \
+                if event.once_per_version else None
             await asyncio.to_thread(self.api.post_event, body, type=event.type,
-                                    reason=event.reason, message=event.message)
+                                    reason=event.reason, message=event.message, name=key)
+
+    def _observe(self, body: dict[str, Any], state: RotationState, effect: Effect | None,
+                 due: datetime.datetime | None) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         if isinstance(effect, Revoke):
             metrics.REVOCATIONS.labels(namespace, name).inc()
             metrics.ROTATIONS.labels(namespace, name, "succeeded").inc()

@@ -68,8 +68,10 @@ async def await_status(kapi: KubeApi, namespace: str, name: str,
 
 
 def events_of(kapi: KubeApi, namespace: str, name: str) -> list[dict[str, Any]]:
+    # In the order they were created: etcd's revision (timestamps have whole seconds only, and
+    # transition events are named by reason, not by time).
     return sorted(kapi.list_events(namespace, name),
-                  key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+                  key=lambda e: int(e["metadata"]["resourceVersion"]))
 
 
 def answers(url: str) -> Callable[[], bool]:

@@ -245,11 +245,22 @@ class Revoke:
 Effect = Issue | Stage | PromoteTo | Activate | Revoke
 
 
+# Reasons of the events that mark a step of one rotation: each happens once per version.
+TRANSITIONS = frozenset({"RotationStarted", "Issued", "Staged", "Accepted", "Activated",
+                         "Promoted", "Retired", "Revoked"})
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+
+    @property
+    def once_per_version(self) -> bool:
+        """A step of a rotation (posted exactly once, under a name derived from the version),
+        rather than news that may repeat (a consumer failing again)."""
+        return self.reason in TRANSITIONS
 
 
 @dataclass(frozen=True)
