@@ -34,9 +34,11 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 def redact(text: str, values: dict[str, str]) -> str:
-    for value in sorted(values.values(), key=len, reverse=True):
-        if value:
-            text = text.replace(value, "[redacted]")
+    """``text`` without any secret value of ``values`` (version numbers are not secret: hiding
+    them turned "127.0.0.1:5991" into "1[redacted]7.0.0.1:599[redacted]1")."""
+    secret = [v for k, v in values.items() if v and not k.endswith("_version")]
+    for value in sorted(secret, key=len, reverse=True):
+        text = text.replace(value, "[redacted]")
     return text
 
 

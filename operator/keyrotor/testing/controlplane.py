@@ -46,6 +46,7 @@ from cryptography.x509.oid import NameOID
 
 from keyrotor.testing.processes import spawn, stop, wait_until
 from keyrotor.testing.toolchain import Binaries, ensure_binaries
+from keyrotor.testing.waiting import wait_for
 
 DIR_PREFIX = "keyrotor-cp-"
 
@@ -190,6 +191,17 @@ class ControlPlane:
              "--context", user, *args],
             capture_output=True, text=True, check=check, input=input, timeout=120,
         )
+
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Poll until each CRD is Established (``kubectl wait`` fails at once on a CRD that
+        has no conditions yet, which happens right after an apply)."""
+        for name in crds:
+            def established(name: str = name) -> bool:
+                result = self.kubectl("get", "crd", name, "-o", 'jsonpath={.status.conditions'
+                                      '[?(@.type=="Established")].status}', check=False)
+                return result.returncode == 0 and result.stdout.strip() == "True"
+
+            wait_for(established, timeout=timeout, what=f"CRD {name} established")
 
     def start(self) -> ControlPlane:
         started = time.monotonic()
