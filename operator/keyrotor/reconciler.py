@@ -133,6 +133,9 @@ class Reconciler:
     phase_pause: float = 0.0
     # Shared by every reconciler of one operator, so restarts of one workload coalesce.
     restarter: Restarter | None = None
+    # The state last decided, with the resourceVersion it belongs to: between status writes
+    # (which skip what changes every probe round) it carries the round counters.
+    memory: tuple[str, RotationState] | None = None
 
     async def reconcile(self, namespace: str, name: str) -> float:
         """Reconcile once; return the seconds after which the next reconcile is due."""
@@ -187,7 +190,7 @@ class Reconciler:
         generator, target, probes = await asyncio.to_thread(self._adapters, namespace, name,
                                                             spec)
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
-        state = status_io.from_status(body.get("status"))
+        state = self._state_of(body)
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
         now = self.clock()
 
@@ -328,8 +331,22 @@ class Reconciler:
         status["conditions"] = status_io.conditions(
             state, now=now, generation=meta.get("generation"), error=error,
             existing=old.get("conditions"))
-        await asyncio.to_thread(self.api.patch_status, meta["namespace"], meta["name"], status,
-                                resource_version=meta.get("resourceVersion"))
+        version = meta.get("resourceVersion")
+        if status_io.worth_writing(old, status):
+            written = await asyncio.to_thread(self.api.patch_status, meta["namespace"],
+                                              meta["name"], status, resource_version=version)
+            version = (written.get("metadata") or {}).get("resourceVersion")
+        self.memory = (version, state) if version else None
+
+    def _state_of(self, body: dict[str, Any]) -> RotationState:
+        """The state from memory while nobody wrote the object since; else from its status
+        (after a restart, or when someone else wrote)."""
+        version, stored = body["metadata"].get("resourceVersion"), body.get("status") or {}
+        if self.memory is not None and (self.memory[0] == version or status_io.holds_state(
+                stored, self.memory[1])):
+            # Nobody wrote since, or only the metadata (an annotation): memory is current.
+            return self.memory[1]
+        return status_io.from_status(stored)
 
     async def _announce(self, body: dict[str, Any], state: RotationState,
                         events: tuple[Event, ...]) -> None:
@@ -367,7 +384,7 @@ class Reconciler:
         old = body.get("status") or {}
         degraded: dict[str, Any] = next(
             (c for c in old.get("conditions") or () if c.get("type") == "Degraded"), {})
-        state = status_io.from_status(old)
+        state = self._state_of(body)
         try:
             await self._persist(body, state, now=self.clock(), error=(reason, message),
                                 next_rotation=None)

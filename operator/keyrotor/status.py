@@ -136,3 +136,33 @@ def conditions(state: RotationState, *, now: datetime.datetime, generation: int 
         result.append({"type": kind, "status": status, "reason": reason, "message": message,
                        "lastTransitionTime": since, "observedGeneration": generation})
     return result
+
+
+# Fields that change on every probe round. Readers need the phase, the versions, each
+# consumer's pass/fail and the conditions; the round counters live in the reconciler's memory
+# between writes (after a crash, verification restarts, which is safe).
+_ROUND_FIELDS = frozenset({"lastProbeTime", "successfulRounds", "message"})
+_ROUND_CONSUMER_FIELDS = frozenset({"message", "consecutiveFailures", "lastProbeTime"})
+
+
+def _essence(status: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in status.items()
+            if k not in _ROUND_FIELDS and k not in ("consumers", "conditions") and v is not None}
+    view["consumers"] = [{k: v for k, v in c.items() if k not in _ROUND_CONSUMER_FIELDS}
+                         for c in status.get("consumers") or ()]
+    view["conditions"] = sorted((c.get("type"), c.get("status"), c.get("reason"))
+                                for c in status.get("conditions") or ())
+    return view
+
+
+def worth_writing(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether ``new`` tells a reader something ``old`` does not: a phase, a version, a
+    consumer's pass/fail, a condition's status or reason, a time that a decision rests on."""
+    return _essence(old or {}) != _essence(new)
+
+
+def holds_state(stored: dict[str, Any], state: RotationState) -> bool:
+    """Whether ``stored`` (a status read back) records ``state``, round counters apart: then a
+    reconciler may keep the counters it has in memory."""
+    mine = to_status(state)
+    return _essence({k: stored.get(k) for k in mine}) == _essence(mine)
