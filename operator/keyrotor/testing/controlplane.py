@@ -15,6 +15,11 @@ Design choices:
 * The apiserver serves with a certificate signed by a CA made here, so clients verify TLS.
 * No controllers run: namespaces stay Terminating, no garbage collection, no default service
   accounts (the ``ServiceAccount`` admission plugin is disabled for that reason).
+* Faults on demand, for the fault tests: :meth:`ControlPlane.stop_apiserver` /
+  :meth:`ControlPlane.start_apiserver` take kube-apiserver away and bring it back on the same
+  port with the same certificates and tokens (clients reconnect with the kubeconfig they
+  have); :meth:`ControlPlane.pause_etcd` / :meth:`ControlPlane.resume_etcd` freeze etcd with
+  SIGSTOP and thaw it with SIGCONT (a hung disk or a stalled member, as the apiserver sees it).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -163,6 +169,7 @@ class ControlPlane:
     user_token: str = field(init=False, default="")
     ready_seconds: float = field(init=False, default=0.0)
     _procs: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
+    _apiserver_args: list[str] = field(init=False, default_factory=list)
 
     # ---- public surface -------------------------------------------------------------------
 
@@ -221,10 +228,43 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Kill both processes (apiserver first) and remove the directory. Safe to call twice."""
+        etcd = self._procs.get("etcd")
+        if etcd is not None and etcd.poll() is None:
+            os.kill(etcd.pid, signal.SIGCONT)  # a paused etcd would not see SIGTERM
         for name in ("kube-apiserver", "etcd"):
             stop(self._procs.pop(name, None))
         if self.attached and getattr(self, "workdir", None) is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- faults ----------------------------------------------------------------------------
+
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Take kube-apiserver away: SIGTERM (its graceful shutdown), or SIGKILL with ``kill``.
+        etcd and the data stay; :meth:`start_apiserver` brings it back on the same port."""
+        stop(self._procs.pop("kube-apiserver", None),
+             signal.SIGKILL if kill else signal.SIGTERM)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again after :meth:`stop_apiserver`, with the same flags: the
+        same port, serving certificate and tokens, so existing kubeconfigs keep working.
+        Returns once ``/readyz`` answers 200."""
+        if "kube-apiserver" in self._procs and self._procs["kube-apiserver"].poll() is None:
+            return
+        self._run_apiserver()
+
+    @property
+    def apiserver_running(self) -> bool:
+        proc = self._procs.get("kube-apiserver")
+        return proc is not None and proc.poll() is None
+
+    def pause_etcd(self) -> None:
+        """Freeze etcd (SIGSTOP): it keeps its port and connections but answers nothing, so
+        the apiserver's requests hang until their own timeouts."""
+        os.kill(self._procs["etcd"].pid, signal.SIGSTOP)
+
+    def resume_etcd(self) -> None:
+        """Thaw etcd (SIGCONT) after :meth:`pause_etcd`."""
+        os.kill(self._procs["etcd"].pid, signal.SIGCONT)
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -273,7 +313,7 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         assert self.binaries is not None
-        ca, cert, key = _ca_and_serving_cert(self.workdir)
+        _, cert, key = _ca_and_serving_cert(self.workdir)
         sa_key = _service_account_key(self.workdir)
         self.admin_token = secrets.token_urlsafe(24)
         self.user_token = secrets.token_urlsafe(24)
@@ -283,7 +323,7 @@ class ControlPlane:
             f"{self.user_token},nobody,nobody-uid\n"
         )
         self.api_port = free_port()
-        self._spawn("kube-apiserver", [
+        self._apiserver_args = [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             f"--secure-port={self.api_port}",
@@ -302,8 +342,12 @@ class ControlPlane:
             "--allow-privileged=true",
             "--v=0",
             *self.extra_apiserver_flags,
-        ])
-        context = ssl.create_default_context(cafile=str(ca))
+        ]
+        self._run_apiserver()
+
+    def _run_apiserver(self) -> None:
+        self._spawn("kube-apiserver", self._apiserver_args)
+        context = ssl.create_default_context(cafile=str(self.ca_file))
 
         def ready() -> bool:
             req = urllib.request.Request(  # noqa: S310 - loopback https only
