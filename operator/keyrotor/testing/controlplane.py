@@ -170,6 +170,7 @@ class ControlPlane:
     ready_seconds: float = field(init=False, default=0.0)
     _procs: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
     _apiserver_args: list[str] = field(init=False, default_factory=list)
+    etcd_paused: bool = field(init=False, default=False)
 
     # ---- public surface -------------------------------------------------------------------
 
@@ -238,11 +239,19 @@ class ControlPlane:
 
     # ---- faults ----------------------------------------------------------------------------
 
-    def stop_apiserver(self, *, kill: bool = False) -> None:
-        """Take kube-apiserver away: SIGTERM (its graceful shutdown), or SIGKILL with ``kill``.
+    def stop_apiserver(self, *, grace: float = 5.0) -> None:
+        """Take kube-apiserver away: SIGTERM (its graceful shutdown), SIGKILL if it still runs
+        after ``grace`` seconds (open watches can hold a graceful shutdown up to a minute).
         etcd and the data stay; :meth:`start_apiserver` brings it back on the same port."""
-        stop(self._procs.pop("kube-apiserver", None),
-             signal.SIGKILL if kill else signal.SIGTERM)
+        proc = self._procs.pop("kube-apiserver", None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            stop(proc, signal.SIGKILL)
 
     def start_apiserver(self) -> None:
         """Start kube-apiserver again after :meth:`stop_apiserver`, with the same flags: the
@@ -261,10 +270,12 @@ class ControlPlane:
         """Freeze etcd (SIGSTOP): it keeps its port and connections but answers nothing, so
         the apiserver's requests hang until their own timeouts."""
         os.kill(self._procs["etcd"].pid, signal.SIGSTOP)
+        self.etcd_paused = True
 
     def resume_etcd(self) -> None:
         """Thaw etcd (SIGCONT) after :meth:`pause_etcd`."""
         os.kill(self._procs["etcd"].pid, signal.SIGCONT)
+        self.etcd_paused = False
 
     def __enter__(self) -> ControlPlane:
         return self.start()
