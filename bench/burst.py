@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 from cluster import (
+    CROSS_NOTE,
     MANAGED,
+    SMALL_SCALE,
     MetricsWindow,
     Operator,
     Rest,
@@ -46,7 +48,6 @@ from cluster import (
     writes,
 )
 from common import record
-from cluster import CROSS_NOTE, SMALL_SCALE
 
 NS, UNRELATED = "bench", "unrelated"
 
@@ -129,7 +130,8 @@ def main() -> None:
         f"- create (POST answered) → Secret seen: p50 **{percentile(lags, 50):.2f} s**, p99 "
         f"**{percentile(lags, 99):.2f} s**, max {max(lags):.2f} s, mean "
         f"{statistics.fmean(lags):.2f} s",
-        f"- operator API writes per object, events apart: **{w / n:.2f}**; events per object: "
+        f"- operator API writes per object, events and access reviews apart: **{w / n:.2f}**; "
+        "events per object: "
         f"{events / n:.2f}; all operator requests per object: {sum(ops.values()) / n:.2f}",
         f"- 429 answers (apiserver_request_total, all clients): {too_many}",
         f"- operator RSS: idle before the burst {mb(idle.rss)}, **peak {mb(sampler.peak_rss())}"

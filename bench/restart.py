@@ -1,0 +1,139 @@
+"""Restart: N RotatingSecrets already reconciled (Idle, version 1, every 720h), the operator
+stopped (SIGTERM) and a new one started. A restart with nothing to do should write nothing.
+
+Measures, for the new process: the time from its start until every object has been seen and
+its next wake-up scheduled (its metrics: the number of ``keyrotor_next_rotation_timestamp_seconds``
+series reaching N, and of ``keyrotor_phase{phase="Idle"} 1`` series, scraped once a second),
+the time until it stops making requests (audit log quiet for 5 s), its requests and writes by
+verb and resource (its own user's audit log; target 0 writes), its peak request rate (audit
+timestamps, per second), answers with 429 (apiserver_request_total, all clients, and its
+audit log), its RSS and CPU.
+
+Run: scripts/bench restart N
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from cluster import (
+    CROSS_NOTE,
+    MANAGED,
+    SMALL_SCALE,
+    MetricsWindow,
+    Operator,
+    Sampler,
+    Watcher,
+    by_key,
+    cluster,
+    create_all,
+    mb,
+    peak_rate,
+    read_proc,
+    request_table,
+    rotating_secret,
+    rs_path,
+    status_is,
+    wait_quiet,
+    writes,
+)
+from common import record
+
+NS = "bench"
+SCHEDULED = "keyrotor_next_rotation_timestamp_seconds"
+
+
+def idle_series(operator: Operator, text: str) -> int:
+    return sum(1 for key, value in operator.series("keyrotor_phase", text).items()
+               if 'phase="Idle"' in key and value == 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("objects", type=int, nargs="?", default=1000)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    n = args.objects
+    with tempfile.TemporaryDirectory() as tmp, cluster(NS) as b:
+        first = Operator(b.plane, Path(tmp) / "first.log", namespaces=(NS,))
+        second = Operator(b.plane, Path(tmp) / "second.log", namespaces=(NS,))
+        try:
+            first.start()
+            secrets = Watcher(b.rest, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED)
+            ready = Watcher(b.rest, rs_path(NS), predicate=status_is(currentVersion=1))
+            setup = time.monotonic()
+            create_all(b.rest, [rotating_secret(f"restart-{i:05d}", NS) for i in range(n)])
+            if not (secrets.wait(n, args.timeout) and ready.wait(n, args.timeout)):
+                raise TimeoutError(f"setup: {len(ready.reached)} of {n} Idle at version 1")
+            wait_quiet(b.audit, quiet=3)
+            setup_s = time.monotonic() - setup
+            first_sample = read_proc(first.pid)
+            first_rss = first_sample.rss if first_sample else 0
+            first.stop()
+            secrets.stop()
+            ready.stop()
+
+            window, mark = MetricsWindow(b.rest), b.audit.mark()
+            started = time.time()
+            second.start(watching=None)
+            sampler = Sampler(second.pid, 0.5)
+            scheduled_at = idle_at = None
+            scheduled = idle = 0
+            deadline = time.monotonic() + args.timeout
+            while (scheduled_at is None or idle_at is None) and time.monotonic() < deadline:
+                text = second.metrics()
+                scheduled, idle = len(second.series(SCHEDULED, text)), idle_series(second, text)
+                now = time.time()
+                if scheduled_at is None and scheduled >= n:
+                    scheduled_at = now
+                if idle_at is None and idle >= n:
+                    idle_at = now
+                time.sleep(1)
+            last_request = wait_quiet(b.audit, quiet=5, timeout=args.timeout)
+            samples = sampler.stop()
+            requests = b.audit.since(mark)
+            _, cross, too_many = window.diff()
+        finally:
+            first.stop()
+            second.stop()
+
+    ops = by_key(requests)
+    w, events = writes(ops)
+    denied = sum(1 for r in requests if r.code == 429)
+    cpu = sampler.cpu_between(started, last_request)
+
+    def since(at: float | None, count: int) -> str:
+        return f"**{at - started:.1f} s**" if at is not None else \
+            f"not reached ({count} of {n} after {args.timeout:.0f} s)"
+
+    record(f"Restart over {n} reconciled RotatingSecrets", [
+        *(SMALL_SCALE if n < 1000 else []),
+        f"- objects: {n} RotatingSecrets Idle at version 1 (random, every 720h), reconciled "
+        f"by a first operator in {setup_s:.1f} s (its RSS then {mb(first_rss)}), which "
+        "was then stopped with SIGTERM",
+        f"- new operator, from its start: every object scheduled ({SCHEDULED} series = N) "
+        f"{since(scheduled_at, scheduled)}; every object's phase Idle in its metrics "
+        f"{since(idle_at, idle)}; its last request {last_request - started:.1f} s (metrics "
+        "scraped once a second)",
+        f"- its writes, events and access reviews apart: **{w}** (target 0); events: "
+        f"{events}; all its requests: "
+        f"{sum(ops.values())} ({sum(ops.values()) / n:.2f} per object)",
+        f"- its peak request rate: {peak_rate(requests):.0f}/s (busiest second), mean "
+        f"{len(requests) / max(last_request - started, 1e-9):.0f}/s until its last request",
+        f"- 429 answers: {too_many} (apiserver_request_total, all clients), {denied} to the "
+        "operator (audit)",
+        f"- its RSS: peak {mb(sampler.peak_rss())}, at the end {mb(samples[-1].rss)}; CPU "
+        f"{cpu:.1f} s until its last request",
+        "- its requests by verb and resource:",
+        "",
+        *request_table(ops, per=n, cross=cross),
+        "",
+        CROSS_NOTE,
+    ])
+
+
+if __name__ == "__main__":
+    main()
