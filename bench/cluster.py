@@ -16,6 +16,14 @@ component, code, dry_run), so it cannot be split by client. Two measurements are
   left over beyond the operator's audit count is the apiserver's own loopback traffic (e.g. its
   identity Lease every 10 s) and watches of the benchmark still open (a WATCH is counted when
   it ends). ``code="429"`` is read from here.
+
+The benchmarks measure whatever ``keyrotor`` the Python path gives (record() names it). To
+measure a commit while the work tree changes under you, run from a snapshot:
+
+    mkdir /tmp/kr-C && git archive C operator crds | tar -xC /tmp/kr-C && echo C >/tmp/kr-C/COMMIT
+    source scripts/lib/bootstrap.sh && cd bench && PYTHONPATH=/tmp/kr-C/operator $PY burst.py 1000
+
+($KEYROTOR_BENCH_DRY=1 prints the block without appending it to RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -96,6 +104,10 @@ class BenchPlane(ControlPlane):
         if name == "etcd":
             args = [*args, f"--quota-backend-bytes={self.etcd_quota_bytes}"]
         return super()._spawn(name, args)
+
+    def __enter__(self) -> BenchPlane:
+        self.start()
+        return self
 
     def _start_apiserver(self) -> None:
         policy = self.workdir / "audit-policy.yaml"
@@ -524,13 +536,15 @@ def peak_rate(requests: list[Request], window: float = 1.0) -> float:
 # ---- the operator process ------------------------------------------------------------------
 
 class Operator:
-    """``python -m keyrotor run`` as the operator's own user, with its log in ``log``."""
+    """``python -m keyrotor run`` (or ``python *launcher* run``) as the operator's own user,
+    with its log in ``log``."""
 
     def __init__(self, plane: BenchPlane, log: Path, *, namespaces: Iterable[str] = (),
-                 extra: Iterable[str] = (), env: dict[str, str] | None = None) -> None:
+                 extra: Iterable[str] = (), env: dict[str, str] | None = None,
+                 launcher: Iterable[str] = ("-m", "keyrotor")) -> None:
         self.plane, self.log = plane, log
         self.metrics_port, self.liveness_port = free_port(), free_port()
-        self.args = [sys.executable, "-m", "keyrotor", "run",
+        self.args = [sys.executable, *launcher, "run",
                      *[a for ns in namespaces for a in ("-n", ns)],
                      "--kubeconfig", str(plane.operator_kubeconfig),
                      "--metrics-port", str(self.metrics_port),
@@ -702,7 +716,8 @@ class Bench:
 @contextlib.contextmanager
 def cluster(*namespaces: str) -> Iterator[Bench]:
     """A control plane with keyrotor's CRD and the given namespaces."""
-    with BenchPlane() as plane:
+    plane = BenchPlane()
+    with plane:
         plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
         plane.wait_established("rotatingsecrets.keyrotor.io")
         rest = Rest(plane)

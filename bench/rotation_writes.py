@@ -29,7 +29,6 @@ from cluster import (
     by_key,
     cluster,
     create_all,
-    free_port,
     request_table,
     rotating_secret,
     rs_path,
@@ -38,6 +37,8 @@ from cluster import (
     writes,
 )
 from common import record
+
+from keyrotor.testing.controlplane import free_port
 
 NS, NAME = "bench", "rotation-writes"
 
