@@ -11,6 +11,10 @@ acceptor on keyrotor.client) goes through the Secret meanwhile.
 2. Both flap, ``successesRequired: 2``: rotations go through the passing windows. For every
    version, the last two probes before its promotion and before its predecessor's revocation
    passed: nothing is presented or revoked on a verdict that was not earned.
+
+``failureThreshold: 2``: every failing window is long enough to count as a failure, so the
+Warning events show how the operator reports a flapping consumer: once per version under test
+at most, not once per flap.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def test_flapping_consumer(control_plane: ControlPlane, kube: client.ApiClient, 
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
         name, generator={"random": {"length": 32}},
         rotation={"minOverlap": "1s", "maxOverlap": "2s"},
-        verification={"interval": "100ms", "successesRequired": 5, "failureThreshold": 3}))
+        verification={"interval": "100ms", "successesRequired": 5, "failureThreshold": 2}))
     wait_status(kapi, namespace, name, lambda s: s.get("currentVersion") == 1,
                 what="version 1")
     flapper = Flapper(flapping={"/retirement"})
@@ -161,3 +165,8 @@ def test_flapping_consumer(control_plane: ControlPlane, kube: client.ApiClient, 
         assert promoted is not None and revoked is not None
         assert revoked - promoted >= 1.0 - 0.2, f"version {version - 1} revoked too early"
     assert warnings["Holding"] == 1, warnings
+    # A consumer failing is worth a Warning; one that flaps is worth one per version under
+    # test (acceptance and retirement), not one per flap: that would be thousands an hour.
+    assert warnings["ConsumerFailing"] <= 2 * final["rotationCount"], \
+        f"Warning storm: {warnings['ConsumerFailing']} ConsumerFailing events for " \
+        f"{final['rotationCount']} rotations of a consumer flapping every {FLAP}s"
