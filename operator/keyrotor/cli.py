@@ -65,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
         kubeconfig=args.kubeconfig, phase_pause=args.phase_pause,
-        restart_debounce=args.restart_debounce, lease=lease)
+        restart_debounce=args.restart_debounce, lease=lease, workers=args.workers)
     return 0
 
 
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness-port", type=int, default=8081,
                    help="health port: /healthz (alive) and /readyz (0: off)")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--workers", type=int, default=16, metavar="N",
+                   help="reconciles that may run at once (default 16)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
     p.add_argument("--phase-pause", type=float, default=0.0, metavar="SECONDS",

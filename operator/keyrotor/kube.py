@@ -24,9 +24,13 @@ GROUP, VERSION, PLURAL = "keyrotor.io", "v1alpha1", "rotatingsecrets"
 COMPONENT = "keyrotor"
 
 
-def load_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
+def load_client(kubeconfig: str | None = None, context: str | None = None, *,
+                pool_size: int | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig. ``pool_size``: keep
+    that many connections open (one per reconcile worker) instead of urllib3's four."""
     configuration = client.Configuration()
+    if pool_size:
+        configuration.connection_pool_maxsize = pool_size
     try:
         config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration)
@@ -107,6 +111,17 @@ class KubeApi:
         with _call("patch", f"{PLURAL}.{GROUP}/status", namespace):
             return _json(self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False))
+
+    def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        obj = self.get_rotating_secret(namespace, name)
+        finalizers = ((obj or {}).get("metadata") or {}).get("finalizers") or []
+        if finalizer not in finalizers:
+            return
+        index = finalizers.index(finalizer)
+        with _call("patch", f"{PLURAL}.{GROUP}", namespace):
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"}])
 
     def annotate_rotating_secret(self, namespace: str, name: str, key: str, value: str) -> None:
         self.custom.patch_namespaced_custom_object(

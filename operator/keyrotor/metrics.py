@@ -72,8 +72,13 @@ BUILD.info({"version": __version__})
 def observe_state(namespace: str, name: str, state: RotationState, *,
                   next_rotation: float | None, degraded: bool) -> None:
     labels = (namespace, name)
+    # One series per object, for the phase it is in: ten per object (one per phase, nine of
+    # them 0) cost more memory than everything else keyrotor keeps per object.
     for phase in Phase:
-        PHASE.labels(*labels, str(phase)).set(1 if state.phase == phase else 0)
+        if phase != state.phase:
+            with contextlib.suppress(KeyError):
+                PHASE.remove(*labels, str(phase))
+    PHASE.labels(*labels, str(state.phase)).set(1)
     if state.current is not None:
         CURRENT_VERSION.labels(*labels).set(state.current)
     if state.current_version_time is not None:

@@ -47,7 +47,7 @@ from keyrotor.engine.schedule import next_rotation_time
 from keyrotor.errors import Conflict, InternalError, KeyrotorError, PermissionDenied, SpecError
 from keyrotor.generators import Generator, Material, from_spec, main_value
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
-from keyrotor.publishing.secret import Owner, decode, render
+from keyrotor.publishing.secret import Owner, check_owner, decode, encode, render
 from keyrotor.publishing.slots import SlotError
 from keyrotor.restarts import Restarter
 from keyrotor.targets import USERNAME, Target
@@ -136,11 +136,20 @@ class Reconciler:
     # The state last decided, with the resourceVersion it belongs to: between status writes
     # (which skip what changes every probe round) it carries the round counters.
     memory: tuple[str, RotationState] | None = None
+    # Whether the delay last returned is a slow-motion pause (which a wake-up must not cut).
+    pausing: bool = False
 
-    async def reconcile(self, namespace: str, name: str) -> float:
-        """Reconcile once; return the seconds after which the next reconcile is due."""
+    async def reconcile(self, namespace: str, name: str,
+                        body: dict[str, Any] | None = None) -> float:
+        """Reconcile once; return the seconds after which the next reconcile is due.
+
+        ``body`` is the object as a watch just delivered it, saving a GET; if it is stale, the
+        status write's resourceVersion precondition fails and the next reconcile reads afresh.
+        """
+        self.pausing = False
         try:
-            body = await asyncio.to_thread(self.api.get_rotating_secret, namespace, name)
+            if body is None:
+                body = await asyncio.to_thread(self.api.get_rotating_secret, namespace, name)
         except Exception as exc:  # the API server away or forbidding: nowhere to report it
             log.warning("%s/%s: reading the RotatingSecret failed: %s", namespace, name, exc)
             metrics.RECONCILE_ERRORS.labels(namespace, name, getattr(
@@ -189,7 +198,8 @@ class Reconciler:
         # with the blocking client: off the event loop, like every other blocking call.
         generator, target, probes = await asyncio.to_thread(self._adapters, namespace, name,
                                                             spec)
-        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"],
+                      garbage_collected=spec.get("deletionPolicy") == "Delete")
         state = self._state_of(body)
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
         now = self.clock()
@@ -213,6 +223,10 @@ class Reconciler:
         if result.effect is not None:
             await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,
                                     generator, target)
+        elif state.current is not None and meta.get("generation") != \
+                (body.get("status") or {}).get("observedGeneration"):
+            # The spec changed (deletionPolicy, say): the Secret's owner marks may have to.
+            await asyncio.to_thread(self._remark, spec["secretName"], owner)
         # When the current version falls due, computed once: the status shows it only when a
         # rotation could start (idle, not suspended); the metric always carries it.
         due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
@@ -223,9 +237,17 @@ class Reconciler:
         await self._announce(body, result.state, result.events)
         await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
         self._observe(body, result.state, result.effect, due)
-        if result.state.phase != state.phase:
+        if result.state.phase != state.phase and self.phase_pause:
+            self.pausing = result.requeue_after <= self.phase_pause
             return max(result.requeue_after, self.phase_pause)
         return result.requeue_after
+
+    @property
+    def busy(self) -> bool:
+        """Whether this reconciler remembers something its object's status does not: round
+        counters mid-rotation, or a backoff. An idle one may be dropped and made anew."""
+        return self.errors_in_a_row > 0 or (
+            self.memory is not None and self.memory[1].phase != Phase.IDLE)
 
     # ---- steps -------------------------------------------------------------------------------
 
@@ -319,6 +341,17 @@ class Reconciler:
             generator.revoke(effect.version)
             if target is not None:
                 target.revoke(effect.version)
+
+    def _remark(self, secret_name: str, owner: Owner) -> None:
+        """Rewrite the Secret's ownerReference and owner annotation if the policy changed."""
+        current = self.api.get_secret(owner.namespace, secret_name)
+        if current is None or owner.marked_on(current):
+            return
+        slots, key = decode(current)
+        check_owner(current, owner, secret_name)
+        if key is not None:
+            self.api.write_secret(encode(slots, name=secret_name, owner=owner, base=current,
+                                         fingerprint_key=key), create=False)
 
     async def _persist(self, body: dict[str, Any], state: RotationState, *,
                        now: datetime.datetime, error: tuple[str, str] | None,

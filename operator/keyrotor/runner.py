@@ -11,12 +11,13 @@ the Lease so a standby takes over at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import kopf
@@ -59,7 +60,7 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         liveness_port: int | None = 8081, log_format: str = "text", verbose: bool = False,
         kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
         phase_pause: float = 0.0, restart_debounce: float | None = None,
-        lease: LeaseConfig | None = None) -> None:
+        lease: LeaseConfig | None = None, workers: int = 16) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
@@ -69,14 +70,15 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
     code = asyncio.run(_main(namespaces=namespaces, metrics_port=metrics_port,
                              liveness_port=liveness_port, stop_flag=stop_flag,
                              phase_pause=phase_pause, restart_debounce=restart_debounce,
-                             lease=lease))
+                             lease=lease, workers=workers))
     if code:
         sys.exit(code)
 
 
 async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: int | None,
                 stop_flag: asyncio.Event | None, phase_pause: float,
-                restart_debounce: float | None, lease: LeaseConfig | None) -> int:
+                restart_debounce: float | None, lease: LeaseConfig | None,
+                workers: int) -> int:
     from keyrotor import handlers, permissions  # registers the handlers with kopf
     from keyrotor.kube import load_client
 
@@ -85,6 +87,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
     health = Health()
     site = await health.serve(liveness_port) if liveness_port else None
     stop = stop_flag or asyncio.Event()
+    stopping: list[Callable[[], Awaitable[None]]] = []
     try:
         elector = None
         if lease is not None:
@@ -102,9 +105,15 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         lacking = await asyncio.to_thread(permissions.missing, load_client(), namespaces)
         permissions.report(lacking)
         shared = handlers.Shared.create(
-            phase_pause=phase_pause, namespaces=namespaces,
+            phase_pause=phase_pause, namespaces=namespaces, workers=workers,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
+        # Blocking client calls run in threads: one per worker, plus some for the rest.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers + 4,
+                                                  thread_name_prefix="keyrotor-io"))
+        await shared.scheduler.start()
+        stopping.append(shared.scheduler.stop)
         operator = asyncio.create_task(kopf.operator(
             standalone=True, clusterwide=not namespaces, namespaces=list(namespaces),
             stop_flag=stop, memo=kopf.Memo(shared=shared)))
@@ -114,7 +123,9 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         holder = asyncio.create_task(elector.hold())
         await asyncio.wait({operator, holder}, return_when=asyncio.FIRST_COMPLETED)
         if holder.done():
-            stop.set()  # leadership lost: stop reconciling before anyone else starts
+            # Leadership lost: stop reconciling at once, before anyone else may start.
+            await shared.scheduler.stop()
+            stop.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(operator), timeout=lease.renew_deadline
                                        if lease else 5.0)
@@ -124,6 +135,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         await asyncio.to_thread(elector.release)
         return 0
     finally:
+        for stop_it in stopping:
+            await stop_it()
         if site is not None:
             await site.cleanup()
 

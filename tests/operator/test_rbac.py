@@ -63,7 +63,7 @@ def test_operator_runs_as_its_service_account(control_plane: ControlPlane, crds:
         status = wait_status(kapi, namespace, "sa-key", lambda s: s.get("rotationCount") == 1)
         assert status["currentVersion"] == 2
         control_plane.kubectl("delete", "rsec", "sa-key", "-n", namespace, "--timeout=60s")
-        assert kapi.get_secret(namespace, "sa-key") is None
+        wait_for(lambda: kapi.get_secret(namespace, "sa-key") is None, what="Secret deleted")
     finally:
         operator.stop()
         log = operator.log_text()

@@ -57,7 +57,12 @@ def test_first_version_is_issued(control_plane: ControlPlane, kapi: KubeApi, nam
     meta = secret["metadata"]
     assert meta["annotations"]["keyrotor.io/current-version"] == "1"
     assert meta["annotations"]["keyrotor.io/current-fingerprint"].startswith("hmac-sha256:")
-    assert meta["ownerReferences"][0]["kind"] == "RotatingSecret"
+    # deletionPolicy Retain (the default): no ownerReference for a garbage collector to act on;
+    # the owner annotation marks it as this RotatingSecret's.
+    assert not meta.get("ownerReferences")
+    owner = kapi.get_rotating_secret(namespace, "first")
+    assert owner is not None
+    assert meta["annotations"]["keyrotor.io/owner-uid"] == owner["metadata"]["uid"]
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "keyrotor"
     value = base64.b64decode(secret["data"]["current"]).decode()
     assert len(value) == 48 and all(c in "0123456789abcdef" for c in value)
@@ -237,6 +242,18 @@ def test_deletion_policies(control_plane: ControlPlane, kapi: KubeApi, namespace
             name, deletionPolicy=policy, generator={"random": {}}))
         wait_status(kapi, namespace, name, lambda s: s.get("currentVersion") == 1)
         remember_secret(kapi.get_secret(namespace, name))
+    gone = kapi.get_secret(namespace, "gone")
+    assert gone is not None
+    assert [r["kind"] for r in gone["metadata"]["ownerReferences"]] == ["RotatingSecret"]
+    # A change of policy rewrites the marks: Delete -> Retain drops the ownerReference.
+    control_plane.kubectl("patch", "rsec", "gone", "-n", namespace, "--type=merge",
+                          "-p", '{"spec": {"deletionPolicy": "Retain"}}')
+    wait_for(lambda: not (kapi.get_secret(namespace, "gone") or {"metadata": {
+        "ownerReferences": [1]}})["metadata"].get("ownerReferences"), what="marks rewritten")
+    control_plane.kubectl("patch", "rsec", "gone", "-n", namespace, "--type=merge",
+                          "-p", '{"spec": {"deletionPolicy": "Delete"}}')
+    wait_for(lambda: (kapi.get_secret(namespace, "gone") or {"metadata": {}})["metadata"].get(
+        "ownerReferences"), what="ownerReference back")
     control_plane.kubectl("delete", "rsec", "kept", "gone", "-n", namespace, "--wait=true",
                           "--timeout=60s")
     kept = kapi.get_secret(namespace, "kept")

@@ -117,7 +117,8 @@ async def test_full_rotation_writes_only_what_readers_need() -> None:
 async def test_restart_with_nothing_to_do_writes_nothing() -> None:
     api, clock = FakeApi(), Clock()
     api.add("k", TWO_KEYS)
-    await run(reconciler(api, clock), clock, "k", idle_at(1))
+    await run(reconciler(api, clock), clock, "k",
+              lambda s: s.get("message", "").startswith("next rotation at"))
     api.writes.clear()
     clock.advance(3600)
     fresh = reconciler(api, clock)  # a new process: nothing in memory

@@ -45,6 +45,7 @@ FINGERPRINT_KEY = "fingerprint.key"
 JWKS_KEY = "jwks.json"
 VERSIONS_KEY = "versions.json"
 ANNOTATION_PREFIX = "keyrotor.io/"
+OWNER_ANNOTATION = ANNOTATION_PREFIX + "owner-uid"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "keyrotor"}
 
 
@@ -61,12 +62,32 @@ class Owner:
     name: str
     namespace: str
     uid: str
+    # deletionPolicy Delete: an ownerReference, so the garbage collector removes the Secret
+    # with its RotatingSecret. Retain: none (no finalizer needed to drop it in time); the
+    # owner-uid annotation marks the Secret as keyrotor's either way.
+    garbage_collected: bool = False
     api_version: str = "keyrotor.io/v1alpha1"
     kind: str = "RotatingSecret"
 
     def reference(self) -> dict[str, Any]:
         return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name,
                 "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+    def references(self) -> list[dict[str, Any]]:
+        return [self.reference()] if self.garbage_collected else []
+
+    def owns(self, secret: dict[str, Any] | None) -> bool:
+        meta = (secret or {}).get("metadata") or {}
+        refs = meta.get("ownerReferences") or []
+        return any(r.get("uid") == self.uid and r.get("controller") for r in refs) or (
+            (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid
+            and not any(r.get("controller") for r in refs))
+
+    def marked_on(self, secret: dict[str, Any] | None) -> bool:
+        """Whether ``secret`` carries exactly this owner's marks (policy changes rewrite it)."""
+        meta = (secret or {}).get("metadata") or {}
+        return (meta.get("ownerReferences") or []) == self.references() and \
+            (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid
 
 
 def fingerprint(key: bytes, value: bytes) -> str:
@@ -114,8 +135,9 @@ def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: 
                                      slots.filled().items()}, sort_keys=True).encode()
     labels = {**(meta.get("labels") or {}), **MANAGED_BY,
               f"{ANNOTATION_PREFIX}rotatingsecret": owner.name}
+    annotations[OWNER_ANNOTATION] = owner.uid
     metadata = {"name": name, "namespace": owner.namespace, "labels": labels,
-                "annotations": annotations, "ownerReferences": [owner.reference()]}
+                "annotations": annotations, "ownerReferences": owner.references()}
     if meta.get("resourceVersion"):
         metadata["resourceVersion"] = meta["resourceVersion"]
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
@@ -125,9 +147,9 @@ def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: 
 def check_owner(secret: dict[str, Any] | None, owner: Owner, name: str) -> None:
     if secret is None:
         return
-    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
-    if any(r.get("uid") == owner.uid and r.get("controller") for r in refs):
+    if owner.owns(secret):
         return
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
     holder = next((f"{r.get('kind')} {r.get('name')}" for r in refs if r.get("controller")),
                   "nobody (no controller owner)")
     raise SecretConflict(
@@ -142,7 +164,7 @@ def render(effect: Effect, current: dict[str, Any] | None, *, name: str, owner: 
     check_owner(current, owner, name)
     slots, key = decode(current)
     after = apply(effect, slots, generate)
-    if after == slots and current is not None:
+    if after == slots and current is not None and owner.marked_on(current):
         return None
     return encode(after, name=name, owner=owner, base=current,
                   fingerprint_key=key or secrets.token_bytes(32))
