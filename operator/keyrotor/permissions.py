@@ -37,10 +37,12 @@ class Need:
 NEEDS: tuple[Need, ...] = (
     *(Need("keyrotor.io", "rotatingsecrets", verb, "to watch RotatingSecrets")
       for verb in ("get", "list", "watch")),
-    Need("keyrotor.io", "rotatingsecrets", "patch", "to keep its finalizer"),
+    Need("keyrotor.io", "rotatingsecrets", "patch",
+         "to remove the finalizer of keyrotor before 0.2 on deletion"),
     Need("keyrotor.io", "rotatingsecrets", "patch", "to write the status", "status"),
     *(Need("", "secrets", verb, "to publish versions in the Secret it owns")
-      for verb in ("get", "create", "update", "patch", "delete")),
+      for verb in ("get", "create", "update")),
+    Need("", "secrets", "delete", "to apply deletionPolicy Delete"),
     Need("", "events", "create", "to post events"),
 )
 

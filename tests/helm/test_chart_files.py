@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import keyrotor
+from keyrotor.permissions import NEEDS
 from keyrotor.testing import chartsync
 from keyrotor.testing.toolchain import repo_root
 from tests.helm.conftest import CHART, Helm
@@ -97,7 +98,13 @@ def test_rbac_cluster_wide(helm: Helm) -> None:
                                     "namespace": "keyrotor-system"}]
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"])
              for r in cluster_role["rules"]}
-    assert rules[(("",), ("secrets",))] == {"get", "create", "update", "patch", "delete"}
+    # Exactly what the operator's own permission check asks for: one list of needs.
+    for group, resource in (("keyrotor.io", "rotatingsecrets"), ("", "secrets"),
+                            ("", "events")):
+        needed = {n.verb for n in NEEDS if (n.group, n.resource, n.subresource) ==
+                  (group, resource, "")}
+        assert rules[((group,), (resource,))] == needed, resource
+    assert rules[(("keyrotor.io",), ("rotatingsecrets/status",))] == {"patch"}
     assert "*" not in {verb for verbs in rules.values() for verb in verbs}
     (lease_role,) = objects["Role"]
     assert lease_role["metadata"]["namespace"] == "keyrotor-system"

@@ -53,22 +53,23 @@ The rules the operator needs in each namespace it watches (cluster-wide: in ever
 Only what keyrotor uses; see the comments.
 */}}
 {{- define "keyrotor.namespacedRules" -}}
-# The resource itself: watch it, keep kopf's finalizer and the status.
+# The resource itself: watch it and write its status. patch: only to remove the finalizer
+# that keyrotor before 0.2 set, when such a RotatingSecret is deleted.
 - apiGroups: [keyrotor.io]
   resources: [rotatingsecrets]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [keyrotor.io]
   resources: [rotatingsecrets/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # The Secrets it owns (it never writes one it does not own: checked in code). No list or
 # watch: it reads each Secret by name.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, update, patch, delete]
+  verbs: [get, create, update, delete]
 # Kubernetes events about each rotation.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 # rolloutRestartTargets: read rollout status, patch one pod-template annotation.
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
