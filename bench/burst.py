@@ -13,7 +13,10 @@ the operator starts, and runs the operator cluster-wide (no ``-n``), so it could
 keyrotor must not cache what it does not own. (At M = 10,000 that is 5 GiB in etcd, whose
 quota cluster.py raises to 8 GiB, and in kube-apiserver's watch cache: mind the memory.)
 
-Run: scripts/bench burst N [--unrelated M] [--threads T]
+``--tracemalloc FRAMES`` runs the operator under tracemalloc (bench/instrumented_operator.py)
+and records its top 20 allocation sites once it is quiet: where the memory goes.
+
+Run: scripts/bench burst N [--unrelated M] [--threads T] [--tracemalloc FRAMES]
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cluster import (
     CROSS_NOTE,
@@ -49,6 +54,8 @@ from cluster import (
 )
 from common import record
 
+from keyrotor.testing.waiting import wait_for
+
 NS, UNRELATED = "bench", "unrelated"
 
 
@@ -64,20 +71,41 @@ def create_unrelated(rest: Rest, count: int, threads: int) -> float:
     return time.monotonic() - started
 
 
+def tracing(frames: int, dump: Path) -> dict[str, Any]:
+    """Operator() arguments that run it under tracemalloc (nothing when ``frames`` is 0)."""
+    if not frames:
+        return {}
+    return {"launcher": (str(Path(__file__).with_name("instrumented_operator.py")),),
+            "env": {"PYTHONTRACEMALLOC": str(frames), "KEYROTOR_TRACEMALLOC_OUT": str(dump)}}
+
+
+def top_allocations(operator: Operator, dump: Path) -> str:
+    """Ask the instrumented operator (SIGUSR1) for its top allocation sites."""
+    os.kill(operator.pid, signal.SIGUSR1)
+    wait_for(dump.exists, timeout=120, interval=0.2, what="tracemalloc dump")
+    return dump.read_text()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("objects", type=int, nargs="?", default=1000)
     parser.add_argument("--unrelated", type=int, default=0, metavar="M")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="run the operator with PYTHONTRACEMALLOC=FRAMES through "
+                        "instrumented_operator.py and record its top 20 allocation sites at "
+                        "the end (tracing inflates RSS and CPU: compare only across such runs)")
     args = parser.parse_args()
     n = args.objects
     namespaces = (NS, UNRELATED) if args.unrelated else (NS,)
     with tempfile.TemporaryDirectory() as tmp, cluster(*namespaces) as b:
         unrelated_s = create_unrelated(b.rest, args.unrelated, args.threads) \
             if args.unrelated else 0.0
+        dump = Path(tmp) / "tracemalloc.txt"
         operator = Operator(b.plane, Path(tmp) / "operator.log",
-                            namespaces=() if args.unrelated else (NS,))
+                            namespaces=() if args.unrelated else (NS,),
+                            **tracing(args.tracemalloc, dump))
         try:
             operator.start()
             sampler = Sampler(operator.pid, 0.5)
@@ -101,6 +129,7 @@ def main() -> None:
             tail_start = time.time()
             time.sleep(5)  # CPU once it has nothing left to do
             tail = sampler.cpu_between(tail_start, time.time()) / (time.time() - tail_start)
+            allocations = top_allocations(operator, dump) if args.tracemalloc else ""
             samples = sampler.stop()
             end = samples[-1]
             secrets.stop()
@@ -147,6 +176,10 @@ def main() -> None:
         "",
         CROSS_NOTE,
     ]
+    if args.tracemalloc:
+        lines += ["", f"Operator run under tracemalloc ({args.tracemalloc} frames; its RSS "
+                  "and CPU above include tracing), allocations when quiet:", "", "```",
+                  *allocations.rstrip().splitlines(), "```"]
     title = f"Burst of {n} RotatingSecrets" + (
         f" with {args.unrelated} unrelated 512 KiB Secrets" if args.unrelated else "")
     record(title, lines)

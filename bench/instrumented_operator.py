@@ -1,23 +1,67 @@
-"""``python lagprobe_operator.py run ...``: the operator (``python -m keyrotor``) with the
-event-loop lag probe (keyrotor.looplag) started on its loop, for measuring an operator whose
-runner does not start the probe itself yet. Wraps ``keyrotor.runner._main``; when that is
-gone (the runner changed), runs the operator unchanged and the lag reads "not measured".
+"""``python instrumented_operator.py run ...``: the operator (``python -m keyrotor``) with
+instruments the benchmarks need before the operator has them itself.
 
-Used by ``keygen_lag.py --wrap-lag-probe``.
+* Event-loop lag probe (keyrotor.looplag) started on the operator's loop, when
+  $KEYROTOR_LOOP_LAG=1: wraps ``keyrotor.runner._main``; when that is gone (the runner changed)
+  the operator runs unchanged and the lag reads "not measured". Used by
+  ``keygen_lag.py --wrap-lag-probe``.
+* tracemalloc top 20, when Python traces allocations ($PYTHONTRACEMALLOC=N): on SIGUSR1 the
+  operator writes the biggest allocation sites (by file and line, and by file) to
+  $KEYROTOR_TRACEMALLOC_OUT. Used by ``burst.py --tracemalloc``. Tracing costs CPU and memory
+  itself: RSS under tracing is not comparable with RSS without.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tracemalloc
+from types import FrameType
 from typing import Any
 
+OUT_ENV = "KEYROTOR_TRACEMALLOC_OUT"
 
-def wrap() -> None:
-    # keyrotor.runner imports kopf, which imports the kubernetes client, which reads
-    # $KUBECONFIG once at import: set it first, as `keyrotor run --kubeconfig` does later.
-    if "--kubeconfig" in sys.argv:
-        os.environ["KUBECONFIG"] = sys.argv[sys.argv.index("--kubeconfig") + 1]
+
+def top_allocations(limit: int = 20) -> str:
+    snapshot = tracemalloc.take_snapshot().filter_traces([
+        tracemalloc.Filter(False, tracemalloc.__file__),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+        tracemalloc.Filter(False, "<unknown>")])
+    traced, peak = tracemalloc.get_traced_memory()
+    lines = [f"traced now {traced / 1e6:.1f} MB, traced peak {peak / 1e6:.1f} MB", "",
+             f"top {limit} by file and line:"]
+    lines += [f"{s.size / 1e6:8.2f} MB {s.count:8d} blocks  {s.traceback}"
+              for s in snapshot.statistics("lineno")[:limit]]
+    lines += ["", f"top {limit} by file:"]
+    lines += [f"{s.size / 1e6:8.2f} MB {s.count:8d} blocks  {s.traceback}"
+              for s in snapshot.statistics("filename")[:limit]]
+    text = "\n".join(lines) + "\n"
+    # Shorter paths: site-packages and the standard library by their own names.
+    for path in sorted({p for p in sys.path if p.endswith("site-packages")}, key=len,
+                       reverse=True):
+        text = text.replace(path + "/", "")
+    return text.replace(os.path.dirname(os.__file__) + "/", "stdlib/")
+
+
+def dump_on_signal() -> None:
+    out = os.environ.get(OUT_ENV)
+    if not out or not tracemalloc.is_tracing():
+        return
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        text = top_allocations()
+        with open(out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(out + ".tmp", out)
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def wrap_lag_probe() -> None:
+    if os.environ.get("KEYROTOR_LOOP_LAG", "") not in ("1", "true", "yes"):
+        return
     from keyrotor import looplag, runner
 
     original = getattr(runner, "_main", None)
@@ -35,7 +79,12 @@ def wrap() -> None:
 
 
 if __name__ == "__main__":
-    wrap()
+    # keyrotor.runner imports kopf, which imports the kubernetes client, which reads
+    # $KUBECONFIG once at import: set it first, as `keyrotor run --kubeconfig` does later.
+    if "--kubeconfig" in sys.argv:
+        os.environ["KUBECONFIG"] = sys.argv[sys.argv.index("--kubeconfig") + 1]
+    dump_on_signal()
+    wrap_lag_probe()
     from keyrotor import cli
 
     cli.main()

@@ -8,7 +8,7 @@ Event-loop lag, two ways:
 
 * inside the operator: ``keyrotor_event_loop_lag_seconds`` (keyrotor.looplag, started when
   $KEYROTOR_LOOP_LAG=1, which this benchmark sets, once the runner starts it; or by
-  ``--wrap-lag-probe``, which runs the operator through bench/lagprobe_operator.py) — p99
+  ``--wrap-lag-probe``, which runs it through bench/instrumented_operator.py) — p99
   from its buckets' increase over each phase, as PromQL's histogram_quantile would (so within
   its bucket: 25-50 ms reads as a value in between). Reported "not measured" while the
   operator does not run the probe.
@@ -70,20 +70,20 @@ def main() -> None:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--wrap-lag-probe", action="store_true",
-                        help="start the lag probe by wrapping the runner (lagprobe_operator.py)"
-                        " for an operator that does not start it itself yet")
+                        help="start the lag probe by wrapping the runner "
+                        "(instrumented_operator.py) for an operator that does not start it yet")
     args = parser.parse_args()
     k, algorithms = args.objects, args.algorithms.split(",")
     lines = [*(SMALL_SCALE if k < 100 else []),
              f"- per algorithm: {k} RotatingSecrets (keyPair, formats pem+jwk, no consumers, "
              "minOverlap 1s) created at once, then all rotated at once; one operator "
              "(namespaced), algorithms one after another"
-             + ("; lag probe started by bench/lagprobe_operator.py (wrapping the runner)"
-                if args.wrap_lag_probe else "")]
+             + ("; lag probe started by bench/instrumented_operator.py (wrapping the "
+                "runner)" if args.wrap_lag_probe else "")]
     with tempfile.TemporaryDirectory() as tmp, cluster(NS) as b:
         operator = Operator(b.plane, Path(tmp) / "operator.log", namespaces=(NS,),
                             env={"KEYROTOR_LOOP_LAG": "1"}, launcher=(
-                                str(Path(__file__).with_name("lagprobe_operator.py")),)
+                                str(Path(__file__).with_name("instrumented_operator.py")),)
                             if args.wrap_lag_probe else ("-m", "keyrotor"))
         try:
             operator.start()
