@@ -56,7 +56,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             lease = LeaseConfig(
                 namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
                 or "keyrotor-system",
-                name=args.leader_election_id, identity=args.leader_election_identity
+                name=args.leader_election_id or (
+                    f"keyrotor-shard-{args.shard}" if args.shard else "keyrotor"),
+                identity=args.leader_election_identity
                 or default_identity(), lease_duration=args.lease_duration,
                 renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         except ValueError as exc:
@@ -65,7 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run(namespaces=args.namespace or (), metrics_port=args.metrics_port,
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
         kubeconfig=args.kubeconfig, phase_pause=args.phase_pause,
-        restart_debounce=args.restart_debounce, lease=lease, workers=args.workers)
+        restart_debounce=args.restart_debounce, lease=lease, workers=args.workers,
+        shard=args.shard, other_shards=[s for s in (args.other_shards or "").split(",") if s])
     return 0
 
 
@@ -121,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--workers", type=int, default=16, metavar="N",
                    help="reconciles that may run at once (default 16)")
+    p.add_argument("--shard", metavar="NAME",
+                   help="handle only RotatingSecrets labelled keyrotor.io/shard=NAME (each "
+                        "shard has its own Lease)")
+    p.add_argument("--other-shards", metavar="A,B",
+                   help="without --shard: leave the RotatingSecrets of these shards alone")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or $KUBECONFIG)")
     p.add_argument("--phase-pause", type=float, default=0.0, metavar="SECONDS",
@@ -136,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     election.add_argument("--leader-election-namespace", metavar="NS",
                           help="the Lease's namespace (default: $POD_NAMESPACE, else "
                                "keyrotor-system)")
-    election.add_argument("--leader-election-id", default="keyrotor", metavar="NAME",
-                          help="the Lease's name (default keyrotor)")
+    election.add_argument("--leader-election-id", metavar="NAME",
+                          help="the Lease's name (default keyrotor, or keyrotor-shard-NAME)")
     election.add_argument("--leader-election-identity", metavar="ID",
                           help="this replica's identity (default: $POD_NAME, else host-pid)")
     election.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",

@@ -32,6 +32,7 @@ from keyrotor.scheduling import Key, Scheduler
 
 log = logging.getLogger("keyrotor")
 OLD_FINALIZER = "keyrotor.io/finalizer"  # set by keyrotor before 0.2; removed on deletion
+SHARD_LABEL = "keyrotor.io/shard"
 
 
 @dataclass
@@ -42,6 +43,10 @@ class Shared:
     restarter: Restarter
     phase_pause: float = 0.0  # slow motion for demos and crash tests
     namespaces: tuple[str, ...] = ()  # watched namespaces; empty: cluster-wide
+    # Sharding, as Flux does it: a shard handles the objects labelled keyrotor.io/shard=<its
+    # name>; the main instance (no shard) handles the rest, less the shards named elsewhere.
+    shard: str | None = None
+    other_shards: frozenset[str] = frozenset()
     workers: int = 16
     # Reconcilers of busy objects only (mid-rotation or backing off); idle ones cost nothing.
     busy: dict[Key, Reconciler] = field(default_factory=dict)
@@ -54,10 +59,19 @@ class Shared:
 
     @classmethod
     def create(cls, *, phase_pause: float = 0.0, namespaces: Sequence[str] = (),
-               workers: int = 16, restart_window: float = DEFAULT_WINDOW) -> Shared:
+               workers: int = 16, restart_window: float = DEFAULT_WINDOW,
+               shard: str | None = None, other_shards: Sequence[str] = ()) -> Shared:
         api = KubeApi(load_client(pool_size=workers))
         return cls(api=api, restarter=Restarter(api, window=restart_window),
-                   phase_pause=phase_pause, namespaces=tuple(namespaces), workers=workers)
+                   phase_pause=phase_pause, namespaces=tuple(namespaces), workers=workers,
+                   shard=shard, other_shards=frozenset(other_shards))
+
+    def mine(self, labels: dict[str, str]) -> bool:
+        """Whether this instance handles an object with these labels."""
+        label = labels.get(SHARD_LABEL)
+        if self.shard is not None:
+            return label == self.shard
+        return label not in self.other_shards
 
     async def reconcile(self, key: Key, hint: dict[str, Any] | None) -> tuple[float, bool]:
         reconciler = self.busy.pop(key, None) or Reconciler(
@@ -86,6 +100,14 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
     shared: Shared = memo.shared
     meta = body.get("metadata") or {}
     key: Key = (meta.get("namespace", ""), meta.get("name", ""))
+    if not shared.mine(meta.get("labels") or {}):
+        # Another shard's (kopf filters no labels on the server; a relabelled object moves).
+        if key in shared.scheduler or key in shared.seen:
+            shared.scheduler.forget(key)
+            shared.seen.pop(key, None)
+            shared.busy.pop(key, None)
+            metrics.forget(*key)
+        return
     if event.get("type") == "DELETED":
         shared.scheduler.forget(key)
         shared.seen.pop(key, None)

@@ -60,7 +60,8 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         liveness_port: int | None = 8081, log_format: str = "text", verbose: bool = False,
         kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
         phase_pause: float = 0.0, restart_debounce: float | None = None,
-        lease: LeaseConfig | None = None, workers: int = 16) -> None:
+        lease: LeaseConfig | None = None, workers: int = 16, shard: str | None = None,
+        other_shards: Sequence[str] = ()) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
@@ -70,7 +71,8 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
     code = asyncio.run(_main(namespaces=namespaces, metrics_port=metrics_port,
                              liveness_port=liveness_port, stop_flag=stop_flag,
                              phase_pause=phase_pause, restart_debounce=restart_debounce,
-                             lease=lease, workers=workers))
+                             lease=lease, workers=workers, shard=shard,
+                             other_shards=other_shards))
     if code:
         sys.exit(code)
 
@@ -78,7 +80,7 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
 async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: int | None,
                 stop_flag: asyncio.Event | None, phase_pause: float,
                 restart_debounce: float | None, lease: LeaseConfig | None,
-                workers: int) -> int:
+                workers: int, shard: str | None, other_shards: Sequence[str]) -> int:
     from keyrotor import handlers, permissions  # registers the handlers with kopf
     from keyrotor.kube import load_client
 
@@ -106,6 +108,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         permissions.report(lacking)
         shared = handlers.Shared.create(
             phase_pause=phase_pause, namespaces=namespaces, workers=workers,
+            shard=shard, other_shards=other_shards,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
         # Blocking client calls run in threads: one per worker, plus some for the rest.
