@@ -1,5 +1,5 @@
-"""The control plane fails mid-rotation: kube-apiserver stopped and started again, etcd frozen
-(SIGSTOP) for 30 s and thawed. On the fault tier's own control plane (``fault_plane``).
+"""The control plane fails mid-rotation: kube-apiserver stopped for 10 s and started again, etcd
+frozen (SIGSTOP) for 30 s and thawed. On the fault tier's own control plane (``fault_plane``).
 
 Each test rotates a TwoKeys secret that real traffic goes through (a presenter and an acceptor
 on keyrotor.client, each with a kubelet-style mount), breaks the control plane once the new
@@ -148,7 +148,7 @@ def test_apiserver_stopped_mid_rotation(
         fault_namespace: str, fault_operator: OperatorProcess, tmp_path: Path) -> None:
     seen, poller, tally = rotate_through_fault(
         fault_plane, fault_kube, fault_kapi, fault_namespace, fault_operator, tmp_path,
-        break_it=fault_plane.stop_apiserver, heal=fault_plane.start_apiserver, hold=15)
+        break_it=fault_plane.stop_apiserver, heal=fault_plane.start_apiserver, hold=10)
     assert seen.operator_alive, "the operator exited while the API server was away"
     assert_no_damage(fault_kapi, fault_namespace, poller, tally)
     assert poller.errors > 0  # the poller did see the outage
@@ -159,7 +159,9 @@ def test_apiserver_stopped_mid_rotation(
         f"{seen.errors_during:.0f}: {seen.samples}")
     assert fault_operator.metric("keyrotor_degraded", namespace=fault_namespace,
                                  name=NAME) == 0
-    assert seen.recovered_after < 30
+    # An API server away is weather, not a bug: no traceback, and back to work at once.
+    assert "Traceback" not in fault_operator.log_text(), "a traceback in the operator log"
+    assert seen.recovered_after < 10, f"{seen.recovered_after:.1f}s to finish after healing"
 
 
 def test_etcd_paused_mid_rotation(
@@ -177,4 +179,5 @@ def test_etcd_paused_mid_rotation(
         "(does each API call have a timeout?)")
     assert fault_operator.metric("keyrotor_degraded", namespace=fault_namespace,
                                  name=NAME) == 0
-    assert seen.recovered_after < 30
+    assert "Traceback" not in fault_operator.log_text(), "a traceback in the operator log"
+    assert seen.recovered_after < 10, f"{seen.recovered_after:.1f}s to finish after healing"
