@@ -75,3 +75,148 @@ Only what keyrotor uses; see the comments.
   resources: [deployments, statefulsets, daemonsets]
   verbs: [get, patch]
 {{- end }}
+
+{{/*
+Sharding (sharding.shards). A shard's pods must not match the main Deployment's selector
+(name, instance: immutable since 0.1.0, so an upgrade cannot add a label to it), so they carry
+the name `<name>-shard` and tell shards apart by component `shard-<shard>`.
+Called with (dict "root" $ "shard" NAME).
+*/}}
+{{- define "keyrotor.shardSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-shard" (include "keyrotor.name" .root) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: shard-{{ .shard }}
+{{- end }}
+
+{{/* A shard's Deployment and PodDisruptionBudget name. Called with (dict "root" $ "shard" NAME). */}}
+{{- define "keyrotor.shardFullname" -}}
+{{- printf "%s-shard-%s" (include "keyrotor.fullname" .root) .shard }}
+{{- end }}
+
+{{/*
+The operator's pod template, shared by the main Deployment and each shard's. Called with a dict:
+root (the chart's context), selectorLabels (the Deployment's selector labels, YAML text),
+leaseName (its Lease), shardArgs (`--shard NAME` or `--other-shards A,B`, or none).
+*/}}
+{{- define "keyrotor.podTemplate" -}}
+{{- with .root -}}
+metadata:
+  labels:
+    {{- $.selectorLabels | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "keyrotor.serviceAccountName" . }}
+  automountServiceAccountToken: true
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: keyrotor
+      image: {{ include "keyrotor.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        - run
+        - --log-format
+        - {{ .Values.logFormat }}
+        - --metrics-port
+        - {{ .Values.metrics.port | quote }}
+        - --liveness-port
+        - {{ .Values.health.port | quote }}
+        # Always, even with one replica: a rolling update runs two pods for a moment, and
+        # only the Lease holder may write.
+        - --leader-elect
+        - --leader-election-namespace
+        - $(POD_NAMESPACE)
+        - --leader-election-id
+        - {{ $.leaseName }}
+        {{- range $.shardArgs }}
+        - {{ . | quote }}
+        {{- end }}
+        {{- range .Values.watchNamespaces }}
+        - --namespace
+        - {{ . }}
+        {{- end }}
+        {{- range .Values.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: POD_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        {{- with .Values.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        - name: metrics
+          containerPort: {{ .Values.metrics.port }}
+          protocol: TCP
+        - name: health
+          containerPort: {{ .Values.health.port }}
+          protocol: TCP
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: health
+        {{- toYaml .Values.livenessProbe | nindent 8 }}
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: health
+        {{- toYaml .Values.readinessProbe | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      volumeMounts:
+        # The root filesystem is read-only; Python and libraries may need a scratch /tmp.
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if .Values.affinity }}
+  affinity:
+    {{- toYaml .Values.affinity | nindent 4 }}
+  {{- else if gt (int .Values.replicaCount) 1 }}
+  affinity:
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector:
+              matchLabels:
+                {{- $.selectorLabels | nindent 16 }}
+  {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
