@@ -6,6 +6,7 @@ module.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -22,6 +23,7 @@ NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")
 EVERYTHING = ("--set", "monitoring.serviceMonitor.enabled=true",
               "--set", "monitoring.prometheusRule.enabled=true",
               "--set", "networkPolicy.enabled=true")
+SHARDED = ("--set", "sharding.shards={a,b}")
 
 
 def kinds(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -49,7 +51,8 @@ def test_chart_metadata(helm: Helm) -> None:
     assert image == f"keyrotor:{keyrotor.__version__}"
 
 
-@pytest.mark.parametrize("mode", [(), NAMESPACED], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("mode", [(), NAMESPACED, SHARDED, (*NAMESPACED, *SHARDED)],
+                         ids=["cluster-wide", "namespaced", "sharded", "namespaced-sharded"])
 def test_lint_strict_is_clean(helm: Helm, mode: tuple[str, ...]) -> None:
     result = helm("lint", "--strict", str(CHART), *mode, *EVERYTHING)
     print(result.stdout, result.stderr)
@@ -191,6 +194,10 @@ def test_monitoring_objects_carry_the_shared_files(helm: Helm) -> None:
     ("watchNamespaces: [Payments]", "at '/watchNamespaces/0'"),
     ("monitoring: {serviceMonitor: {enabled: true, interval: soon}}",
      "at '/monitoring/serviceMonitor/interval'"),
+    ("sharding: {shards: [Payments_EU]}",
+     "at '/sharding/shards/0': 'Payments_EU' does not match pattern"),
+    ("sharding: {shards: [a, a]}", "at '/sharding/shards': items at 0 and 1 are equal"),
+    ("sharding: {shards: a}", "at '/sharding/shards': got string, want array"),
 ])
 def test_schema_rejects_a_wrong_value_by_name(helm: Helm, tmp_path, values: str,
                                               message: str) -> None:
@@ -201,3 +208,115 @@ def test_schema_rejects_a_wrong_value_by_name(helm: Helm, tmp_path, values: str,
         result = helm(*args, check=False)
         assert result.returncode != 0, f"helm {command} accepted {values!r}"
         assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+# ---- sharding -------------------------------------------------------------------------------
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+        selector = {"matchLabels": selector}  # a Service's selector is a plain map
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or ():
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def args_of(deployment: dict[str, Any]) -> list[str]:
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_sharded_release_has_a_deployment_per_shard(helm: Helm) -> None:
+    objects = kinds(helm.template(*SHARDED, *EVERYTHING))
+    deployments = {d["metadata"]["name"]: d for d in objects["Deployment"]}
+    assert list(deployments) == ["keyrotor", "keyrotor-shard-a", "keyrotor-shard-b"]
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    # Each Deployment selects its own pods and none of the others': no overlap, in either
+    # direction (the main selector is the one of unsharded releases: immutable, kept as is).
+    for name, deployment in deployments.items():
+        for other, labels in pods.items():
+            assert selects(deployment["spec"]["selector"], labels) == (name == other), \
+                (name, other)
+    assert deployments["keyrotor"]["spec"]["selector"] == \
+        kinds(helm.template())["Deployment"][0]["spec"]["selector"]
+
+    main = args_of(deployments["keyrotor"])
+    assert flag(main, "--other-shards") == "a,b" and "--shard" not in main
+    assert flag(main, "--leader-election-id") == "keyrotor"
+    for shard in ("a", "b"):
+        deployment = deployments[f"keyrotor-shard-{shard}"]
+        args = args_of(deployment)
+        assert flag(args, "--shard") == shard and "--other-shards" not in args
+        assert flag(args, "--leader-election-id") == f"keyrotor-shard-{shard}"
+        assert "--leader-elect" in args
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == \
+            f"shard-{shard}"
+        assert deployment["spec"]["replicas"] == 2
+        # The same pod as the main Deployment's, but for its labels, its Lease and its shard
+        # flags (the default anti-affinity spreads each Deployment's own pods).
+        ours, theirs = (copy.deepcopy(d["spec"]["template"]["spec"])
+                        for d in (deployment, deployments["keyrotor"]))
+        for pod in (ours, theirs):
+            pod["containers"][0]["args"] = [a for a in pod["containers"][0]["args"]
+                                            if a not in {"--shard", shard, "--other-shards",
+                                                         "a,b", "keyrotor",
+                                                         f"keyrotor-shard-{shard}"}]
+            term = pod["affinity"]["podAntiAffinity"][
+                "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            term["labelSelector"] = None
+        assert ours == theirs
+    lease_ids = {flag(args_of(d), "--leader-election-id") for d in deployments.values()}
+    assert len(lease_ids) == 3
+
+    # A PodDisruptionBudget and a metrics Service per Deployment, each over its pods only.
+    for kind, selector_of in (("PodDisruptionBudget", lambda o: o["spec"]["selector"]),
+                              ("Service", lambda o: o["spec"]["selector"])):
+        found = {o["metadata"]["name"]: selector_of(o) for o in objects[kind]}
+        assert len(found) == 3, found
+        for name, labels in pods.items():
+            (owner,) = [n for n, sel in found.items() if selects(sel, labels)]
+            assert owner.startswith(name) and owner.removeprefix(name) in ("", "-metrics")
+    # One ServiceMonitor scrapes all three Services (a Prometheus job each), and the
+    # NetworkPolicy covers every operator pod.
+    (monitor,) = objects["ServiceMonitor"]
+    assert all(selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+               for s in objects["Service"])
+    (policy,) = objects["NetworkPolicy"]
+    assert all(selects(policy["spec"]["podSelector"], labels) for labels in pods.values())
+
+    single = kinds(helm.template(*SHARDED, "--set", "replicaCount=1"))
+    assert len(single["Deployment"]) == 3 and "PodDisruptionBudget" not in single
+
+
+def test_sharding_keeps_the_other_values(helm: Helm) -> None:
+    objects = kinds(helm.template(*SHARDED, *NAMESPACED, "--set", "extraArgs={--verbose}",
+                                  "--set", "leaderElection.leaseName=rotor"))
+    for deployment in objects["Deployment"]:
+        args = args_of(deployment)
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == \
+            ["team-a", "team-b"]
+        assert args[-1] == "--verbose"
+    leases = [flag(args_of(d), "--leader-election-id") for d in objects["Deployment"]]
+    assert leases == ["rotor", "rotor-shard-a", "rotor-shard-b"]
+    # Shards share the ServiceAccount and RBAC: no Role or ClusterRole per shard.
+    assert {d["spec"]["template"]["spec"]["serviceAccountName"]
+            for d in objects["Deployment"]} == {"keyrotor"}
+    assert len(objects["Role"]) == len(kinds(helm.template(*NAMESPACED))["Role"])
+
+
+def test_a_shard_name_too_long_for_its_service_is_refused(helm: Helm) -> None:
+    result = helm("template", "keyrotor", str(CHART), "--set",
+                  "fullnameOverride=payments-keyrotor-production-eu",
+                  "--set", "sharding.shards={a-rather-long-shard-name}", check=False)
+    assert result.returncode != 0
+    assert ('shard "a-rather-long-shard-name" makes the name '
+            'payments-keyrotor-production-eu-shard-a-rather-long-shard-name-metrics longer '
+            'than 63 characters') in result.stderr, result.stderr
