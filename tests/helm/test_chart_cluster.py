@@ -31,7 +31,7 @@ from tests.helm.conftest import (
     installed_deployment,
     wait_established,
 )
-from tests.helm.test_chart_files import EVERYTHING, NAMESPACED
+from tests.helm.test_chart_files import EVERYTHING, NAMESPACED, SHARDED
 from tests.operator.conftest import rotating_secret
 from tests.operator.helpers import token_kubeconfig, wait_status
 
@@ -63,6 +63,28 @@ def test_rendered_chart_is_accepted_by_the_apiserver(chart_plane: ControlPlane,
                 "networkpolicy", "poddisruptionbudget", "configmap", "service",
                 "serviceaccount", "role", "rolebinding"} <= applied
         assert ("clusterrole" in applied) == (not mode)
+
+
+def test_sharded_render_is_accepted_by_the_apiserver(chart_plane: ControlPlane,
+                                                     cluster_helm: Helm) -> None:
+    create_namespace(chart_plane, RELEASE_NS, **RESTRICTED)
+    manifest = cluster_helm("template", RELEASE, str(CHART), "--namespace", RELEASE_NS,
+                            *SHARDED, *EVERYTHING).stdout
+    out = dry_run(chart_plane, manifest)
+    print(out)
+    lines = out.splitlines()
+    assert all(line.endswith("serverside-applied (server dry run)") for line in lines)
+    names = {line.split()[0] for line in lines}
+    for kind in ("deployment.apps", "poddisruptionbudget.policy"):
+        assert {n for n in names if n.startswith(kind + "/")} == {
+            f"{kind}/keyrotor", f"{kind}/keyrotor-shard-a", f"{kind}/keyrotor-shard-b"}
+    assert {n for n in names if n.startswith("service/")} == {
+        "service/keyrotor-metrics", "service/keyrotor-shard-a-metrics",
+        "service/keyrotor-shard-b-metrics"}
+    assert {n for n in names if n.split("/")[0].split(".")[0] in ("servicemonitor",
+                                                                   "networkpolicy")} == {
+        "servicemonitor.monitoring.coreos.com/keyrotor",
+        "networkpolicy.networking.k8s.io/keyrotor"}
 
 
 def pod_from(deployment: dict[str, Any], name: str) -> dict[str, Any]:
@@ -207,6 +229,39 @@ def test_upgrade_changes_a_value(chart_plane: ControlPlane, cluster_helm: Helm,
     history = json.loads(cluster_helm("history", release, "-n", RELEASE_NS,
                                       "-o", "json").stdout)
     assert [h["status"] for h in history] == ["superseded", "deployed"]
+
+
+def test_upgrade_adds_and_removes_shards(chart_plane: ControlPlane, cluster_helm: Helm,
+                                        release: str) -> None:
+    """Sharding switched on and off on a running release: the main Deployment's selector stays
+    as it was (Kubernetes refuses to change it), the shards come and go."""
+    out = cluster_helm("upgrade", release, str(CHART), "--namespace", RELEASE_NS,
+                       "--reuse-values", *SHARDED).stdout
+    print(out)
+    assert "keyrotor-shard-a: RotatingSecrets labelled keyrotor.io/shard=a" in out  # NOTES
+    assert "kubectl -n NAMESPACE label rsec NAME keyrotor.io/shard=a --overwrite" in out
+
+    def deployments() -> dict[str, list[str]]:
+        listed = json.loads(chart_plane.kubectl(
+            "get", "deployments", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/instance={release}",
+            "-o", "json").stdout)
+        return {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
+                for d in listed["items"]}
+
+    sharded = deployments()
+    assert sorted(sharded) == ["keyrotor", "keyrotor-shard-a", "keyrotor-shard-b"]
+    main = sharded["keyrotor"]
+    assert main[main.index("--other-shards") + 1] == "a,b"
+    shard = sharded["keyrotor-shard-b"]
+    assert shard[shard.index("--shard") + 1] == "b"
+    assert shard[shard.index("--leader-election-id") + 1] == "keyrotor-shard-b"
+    chart_plane.kubectl("get", "poddisruptionbudget", "keyrotor-shard-a", "-n", RELEASE_NS)
+    chart_plane.kubectl("get", "service", "keyrotor-shard-a-metrics", "-n", RELEASE_NS)
+
+    cluster_helm("upgrade", release, str(CHART), "--namespace", RELEASE_NS, "--reuse-values",
+                 "--set-json", "sharding.shards=[]")  # --set ...={} would be [""]
+    unsharded = deployments()
+    assert list(unsharded) == ["keyrotor"] and "--other-shards" not in unsharded["keyrotor"]
 
 
 def test_uninstall_keeps_the_crd_and_rotating_secrets(
