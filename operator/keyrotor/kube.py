@@ -139,13 +139,19 @@ class KubeApi:
                 return None
             raise
 
-    def write_secret(self, body: dict[str, Any], *, create: bool) -> None:
+    def write_secret(self, body: dict[str, Any], *, create: bool) -> str | None:
+        """Create or replace; the new resourceVersion (so keyrotor knows its own writes when
+        the Secret watch reports them). The answer's data is never kept."""
         meta = body["metadata"]
         with _call("create" if create else "update", "secrets", meta["namespace"]):
             if create:
-                self.core.create_namespaced_secret(meta["namespace"], body)
+                raw = self.core.create_namespaced_secret(meta["namespace"], body,
+                                                         _preload_content=False)
             else:
-                self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+                raw = self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body,
+                                                          _preload_content=False)
+        version = (_json(raw).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
     def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> None:
         options = client.V1DeleteOptions(

@@ -27,6 +27,9 @@ class FakeApi:
     denied: set[tuple[str, str]] = field(default_factory=set)  # (verb, resource)
     # Hooks a test sets to interfere: called before a write, may raise or edit state.
     before: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # Called with (type, metadata) on every change of a Secret, as the metadata-only watch
+    # would report it (keyrotor.secretwatch.SecretCache.observe).
+    watchers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # ---- what a test sets up ----------------------------------------------------------------
@@ -44,6 +47,19 @@ class FakeApi:
         meta = self.objects[name]["metadata"]
         meta["annotations"].update(annotations)
         meta["resourceVersion"] = self._next()
+
+    def delete_secret_by_hand(self, name: str) -> None:
+        gone = self.secrets.pop(name)
+        self._notify("DELETED", gone)
+
+    def edit_secret_by_hand(self, name: str, **data: bytes) -> None:
+        """Someone else writes keys of the Secret (``kubectl edit``)."""
+        import base64
+
+        secret = self.secrets[name]
+        secret["data"].update({k: base64.b64encode(v).decode() for k, v in data.items()})
+        secret["metadata"]["resourceVersion"] = self._next()
+        self._notify("MODIFIED", secret)
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.objects[name].get("status") or {})
@@ -77,7 +93,7 @@ class FakeApi:
         secret = self.secrets.get(name)
         return copy.deepcopy(secret) if secret else None
 
-    def write_secret(self, body: dict[str, Any], *, create: bool) -> None:
+    def write_secret(self, body: dict[str, Any], *, create: bool) -> str | None:
         name = body["metadata"]["name"]
         self._write("create" if create else "update", "secrets")
         stored = self.secrets.get(name)
@@ -91,6 +107,8 @@ class FakeApi:
         body = copy.deepcopy(body)
         body["metadata"]["resourceVersion"] = self._next()
         self.secrets[name] = body
+        self._notify("ADDED" if create else "MODIFIED", body)
+        return str(body["metadata"]["resourceVersion"])
 
     def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str,
                    name: str | None = None) -> None:
@@ -108,6 +126,12 @@ class FakeApi:
         if hook := self.before.pop(f"{verb} {resource}", None):
             hook()
         self.writes[f"{verb} {resource}"] += 1
+
+    def _notify(self, kind: str, secret: dict[str, Any]) -> None:
+        meta = {k: copy.deepcopy(v) for k, v in secret["metadata"].items()}
+        meta.setdefault("namespace", NS)
+        for watcher in self.watchers:
+            watcher(kind, meta)
 
     def _next(self) -> str:
         return str(next(self._rv))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import pkcs11
@@ -37,6 +37,8 @@ def _lib(module: str) -> Any:
 
 @dataclass
 class Hsm:
+    # A version's key stays in the token until revoked: generate() hands it back (drift repair).
+    recoverable: ClassVar[bool] = True
     spec: dict[str, Any]
     ctx: Context
     kind: str = "hsm"

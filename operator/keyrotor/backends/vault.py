@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import hvac
 import requests
@@ -79,6 +79,9 @@ def _translated(address: str) -> Iterator[None]:
 @dataclass
 class _VaultBackend:
     """What KV and Transit share: the spec, the login (once, lazily), error translation."""
+
+    # Versions live in Vault until revoked: generate() hands an existing one back (drift repair).
+    recoverable: ClassVar[bool] = True
 
     spec: dict[str, Any]
     ctx: Context

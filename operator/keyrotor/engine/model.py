@@ -242,7 +242,20 @@ class Revoke:
     version: int
 
 
-Effect = Issue | Stage | PromoteTo | Activate | Revoke
+@dataclass(frozen=True)
+class Republish:
+    """Repair a Secret that drifted (deleted, edited by hand): write exactly these versions.
+    Each is taken from the Secret where it is still intact, else made by the generator: a
+    backend that holds it (Vault, an HSM) hands it back; ``fresh`` is the one version, if
+    any, that is new (a number never used before; a target must accept it, as on Issue)."""
+
+    current: int
+    next: int | None = None
+    previous: int | None = None
+    fresh: int | None = None
+
+
+Effect = Issue | Stage | PromoteTo | Activate | Revoke | Republish
 
 
 # Reasons of the events that mark a step of one rotation: each happens once per version.

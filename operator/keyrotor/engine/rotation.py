@@ -42,6 +42,7 @@ from keyrotor.engine.model import (
     Phase,
     ProbeRound,
     PromoteTo,
+    Republish,
     Revoke,
     RotationSpec,
     RotationState,
@@ -53,6 +54,73 @@ from keyrotor.engine.schedule import next_rotation_time
 
 IDLE_RESYNC = 3600.0  # wake at least hourly when idle, to notice clock or schedule drift
 VERIFYING = (Phase.VERIFYING_ACCEPTANCE, Phase.VERIFYING_RETIREMENT, Phase.HOLDING)
+# Phases whose Secret must hold exactly :func:`published`: no effect is half carried out.
+SETTLED = (Phase.IDLE, Phase.FAILED, Phase.ACTIVATING, *VERIFYING)
+DRIFT_SETTLE = 5.0  # after a repair, look again soon: Degraded clears once the Secret holds
+
+
+def published(state: RotationState) -> dict[str, int]:
+    """What the Secret holds (slot -> version) when ``state`` is persisted. In Generating and
+    Staging the allocated ``next`` is not published yet."""
+    held = {"current": state.current, "previous": state.previous,
+            "next": None if state.phase in (Phase.GENERATING, Phase.STAGING) else state.next}
+    return {slot: version for slot, version in held.items() if version is not None}
+
+
+def repair(state: RotationState, *, now: datetime.datetime, held: dict[str, int],
+           recoverable: bool, found: str) -> Step:
+    """The Secret drifted from ``state``: it holds intact only ``held`` (slot -> version;
+    nothing when it was deleted). ``recoverable``: the generator can hand back an existing
+    version (it lives in a backend). ``found`` says what was seen, for the Warning.
+
+    What can be re-published is; a lost ``current`` that cannot be recovered is replaced by a
+    new version (the latest number plus one: strictly increasing, never reused) and the
+    rotation in progress, if any, ends there; a lost staged ``next`` is staged anew under a
+    new number and verified from the start; a lost ``previous`` is dropped (the old version
+    is gone from the Secret already). The step's state is the repaired one; its single
+    Warning event (reason SecretDrift) says what was found and what was done.
+    """
+    want = published(state)
+    kept = set(held.values())
+    lost = {slot: v for slot, v in want.items() if v not in kept}
+    if state.current is None:  # nothing issued yet: the first Issue writes the Secret
+        return Step(state, requeue_after=0.0)
+    top = max((state.latest, *kept))
+    if recoverable or not lost:
+        effect = Republish(current=state.current, next=want.get("next"),
+                           previous=want.get("previous"))
+        slots = ", ".join(f"{slot} {v}" for slot, v in want.items())
+        done = (f"re-published versions ({slots}) from the backend" if lost
+                else f"re-published versions ({slots})")
+        repaired = state
+    elif "current" in lost:
+        version = top + 1
+        effect = Republish(current=version, fresh=version)
+        done = (f"issued version {version} as current (the generator cannot recover version "
+                f"{state.current})" + (f"; the rotation in phase {state.phase} ends here"
+                                       if state.rotating else ""))
+        repaired = state.evolve(
+            phase=Phase.IDLE, current=version, next=None, previous=None, latest=version,
+            current_version_time=now, phase_start_time=now, rotation_start_time=None,
+            successful_rounds=0, last_probe_time=None, verified_time=None, consumers=(),
+            message=f"version {version} issued: the Secret had drifted")
+    elif "next" in lost:
+        version = top + 1
+        effect = Republish(current=state.current, next=version, fresh=version)
+        done = (f"staged version {version} as next instead (the generator cannot recover "
+                f"version {state.next}); verifying acceptance from the start")
+        repaired = state.evolve(
+            phase=Phase.VERIFYING_ACCEPTANCE, next=version, latest=version,
+            phase_start_time=now, successful_rounds=0, last_probe_time=None,
+            verified_time=None, consumers=(),
+            message=f"version {version} staged as next after the Secret drifted")
+    else:
+        effect = Republish(current=state.current, next=want.get("next"))
+        done = f"dropped previous version {state.previous} (the generator cannot recover it)"
+        repaired = state.evolve(previous=None)
+    message = f"{found}; {done}"
+    return Step(repaired, effect=effect, events=(Event("Warning", "SecretDrift", message),),
+                requeue_after=DRIFT_SETTLE)
 
 
 def probe_due(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> int | None:

@@ -38,6 +38,13 @@ class Generator(Protocol):
         ...
 
 
+def recoverable(generator: Generator) -> bool:
+    """Whether ``generator.generate(version)`` hands back an existing version (it lives in a
+    backend: Vault, an HSM) rather than making new material (random, local keys: what the
+    Secret held is lost with it)."""
+    return bool(getattr(generator, "recoverable", False))
+
+
 KINDS = ("random", "symmetric", "keyPair", "vault", "hsm")
 
 

@@ -94,8 +94,10 @@ def fingerprint(key: bytes, value: bytes) -> str:
     return "hmac-sha256:" + hmac.new(key, value, hashlib.sha256).hexdigest()[:16]
 
 
-def decode(secret: dict[str, Any] | None) -> tuple[Slots[Material], bytes | None]:
-    """The slots held by a Secret (as returned by the API), and its fingerprint key."""
+def decode(secret: dict[str, Any] | None, *,
+           verified: bool = False) -> tuple[Slots[Material], bytes | None]:
+    """The slots held by a Secret (as returned by the API), and its fingerprint key. With
+    ``verified``, only the slots whose value still matches its fingerprint (not edited)."""
     if not secret:
         return Slots(), None
     data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
@@ -105,8 +107,13 @@ def decode(secret: dict[str, Any] | None) -> tuple[Slots[Material], bytes | None
         version = annotations.get(f"{ANNOTATION_PREFIX}{slot}-version")
         material = {key[len(slot):]: value for key, value in data.items()
                     if key == slot or key.startswith(f"{slot}.")}
-        if version is not None and material:
-            found[slot] = Versioned(int(version), material)
+        if version is None or not material or not version.isdigit():
+            continue
+        if verified and annotations.get(f"{ANNOTATION_PREFIX}{slot}-fingerprint") != (
+                fingerprint(data[FINGERPRINT_KEY], main_value(material))
+                if FINGERPRINT_KEY in data else None):
+            continue
+        found[slot] = Versioned(int(version), material)
     slots = Slots(current=found.get("current"), next=found.get("next"),
                   previous=found.get("previous"))
     return slots, data.get(FINGERPRINT_KEY)
@@ -158,13 +165,51 @@ def check_owner(secret: dict[str, Any] | None, owner: Owner, name: str) -> None:
         f"spec.secretName of RotatingSecret {owner.name} to another name")
 
 
+def inspect(secret: dict[str, Any], owner: Owner, name: str) -> tuple[dict[str, int], list[str]]:
+    """What a Secret of keyrotor's still holds intact (slot -> version), and what is wrong
+    with it besides (edited values, keys or labels), in words without secret material."""
+    slots, key = decode(secret, verified=True)
+    raw, _ = decode(secret)
+    problems = [f"the value of slot {slot} (version {held.version}) was edited"
+                for slot, held in raw.filled().items() if slots.filled().get(slot) != held]
+    if key is None:
+        problems.append(f"key {FINGERPRINT_KEY} is missing")
+    elif not problems:
+        clean = encode(slots, name=name, owner=owner, base=secret, fingerprint_key=key)
+        data = secret.get("data") or {}
+        edited = sorted(k for k in set(data) | set(clean["data"])
+                        if data.get(k) != clean["data"].get(k))
+        if edited:
+            problems.append(f"keys {', '.join(edited)} were edited")
+    if not _labelled(secret, owner):
+        problems.append("its keyrotor labels were removed")
+    return {slot: held.version for slot, held in slots.filled().items()}, problems
+
+
+def _labelled(secret: dict[str, Any], owner: Owner) -> bool:
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    return labels.get(f"{ANNOTATION_PREFIX}rotatingsecret") == owner.name and all(
+        labels.get(k) == v for k, v in MANAGED_BY.items())
+
+
 def render(effect: Effect, current: dict[str, Any] | None, *, name: str, owner: Owner,
            generate: Callable[[int], Material]) -> dict[str, Any] | None:
-    """The Secret body after ``effect``, or None when the Secret already reflects it."""
+    """The Secret body after ``effect``, or None when the Secret already reflects it.
+
+    Only intact slots are carried over (a value edited by hand is dropped, not republished),
+    and an effect that would leave no current version raises ``SlotError`` (SecretDrift)."""
     check_owner(current, owner, name)
-    slots, key = decode(current)
+    slots, key = decode(current, verified=True)
     after = apply(effect, slots, generate)
-    if after == slots and current is not None and owner.marked_on(current):
-        return None
-    return encode(after, name=name, owner=owner, base=current,
+    body = encode(after, name=name, owner=owner, base=current,
                   fingerprint_key=key or secrets.token_bytes(32))
+    if current is not None and key is not None and body["data"] == current.get("data") \
+            and _ours(body) == _ours(current) and owner.marked_on(current) \
+            and _labelled(current, owner):
+        return None
+    return body
+
+
+def _ours(secret: dict[str, Any]) -> dict[str, str]:
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}

@@ -7,6 +7,11 @@ property tests both use it, so the tests check the same code that writes Secrets
 
 Every effect is idempotent, keyed by version: replaying one after a crash changes nothing, and
 material for a version is generated at most once per slot write.
+
+No effect but :class:`~keyrotor.engine.model.Issue` starts from empty slots, and none leaves
+``current`` empty: an effect applied to a Secret that was deleted (or whose ``current`` was
+edited away) raises :class:`SlotError` (reason ``SecretDrift``) instead of writing a Secret that
+holds only ``next`` or only ``versions.json``; the reconciler then repairs the Secret.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from keyrotor.engine.model import Activate, Effect, Issue, PromoteTo, Revoke, Stage
+from keyrotor.engine.model import Activate, Effect, Issue, PromoteTo, Republish, Revoke, Stage
 from keyrotor.errors import PermanentError, Reason
 
 M = TypeVar("M")
@@ -50,6 +55,31 @@ def _holds(slot: Versioned[M] | None, version: int) -> bool:
 
 def apply(effect: Effect, slots: Slots[M], generate: Callable[[int], M]) -> Slots[M]:
     """The slots after ``effect``; ``generate(version)`` is called only when material is new."""
+    if isinstance(effect, Republish):
+        return _republish(effect, slots, generate)
+    if not isinstance(effect, Issue) and slots.current is None:
+        raise SlotError(f"the Secret holds no current version (deleted or edited?); "
+                        f"{type(effect).__name__} of version {effect.version} would publish "
+                        "a Secret without one")
+    after = _apply(effect, slots, generate)
+    if after.current is None:  # not reached by today's effects; the invariant, stated once
+        raise SlotError("refusing to write a Secret without a current version")
+    return after
+
+
+def _republish(effect: Republish, slots: Slots[M], generate: Callable[[int], M]) -> Slots[M]:
+    held = {v.version: v for v in slots.filled().values()}
+
+    def take(version: int | None) -> Versioned[M] | None:
+        if version is None:
+            return None
+        return held.get(version) or Versioned(version, generate(version))
+
+    return Slots(current=take(effect.current), next=take(effect.next),
+                 previous=take(effect.previous))
+
+
+def _apply(effect: Effect, slots: Slots[M], generate: Callable[[int], M]) -> Slots[M]:
     if isinstance(effect, Issue):
         if _holds(slots.current, effect.version):
             return slots
