@@ -320,3 +320,10 @@ def test_a_shard_name_too_long_for_its_service_is_refused(helm: Helm) -> None:
     assert ('shard "a-rather-long-shard-name" makes the name '
             'payments-keyrotor-production-eu-shard-a-rather-long-shard-name-metrics longer '
             'than 63 characters') in result.stderr, result.stderr
+
+
+def test_values_without_sharding_render_as_the_defaults(helm: Helm) -> None:
+    """`helm upgrade --reuse-values` from a chart before sharding keeps that chart's values,
+    which have no `sharding` at all (helm reuses the old chart's defaults)."""
+    for extra in ((), EVERYTHING):
+        assert helm.template("--set", "sharding=null", *extra) == helm.template(*extra)
