@@ -10,7 +10,9 @@
   and keyrotor deletes it as soon as it sees the RotatingSecret go; with ``Retain`` it carries
   none, so nothing can remove it by accident.
 
-No handler is ever attached to Secrets: kopf would copy their data into annotations.
+No handler is ever attached to Secrets: kopf would copy their data into annotations. keyrotor's
+own metadata-only watch (:mod:`keyrotor.secretwatch`) wakes the RotatingSecret of a Secret that
+was deleted or written by someone else.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from keyrotor.publishing.secret import Owner
 from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
 from keyrotor.restarts import DEFAULT_WINDOW, Restarter
 from keyrotor.scheduling import Key, Scheduler
+from keyrotor.secretwatch import SecretCache, SecretWatch
 
 log = logging.getLogger("keyrotor")
 OLD_FINALIZER = "keyrotor.io/finalizer"  # set by keyrotor before 0.2; removed on deletion
@@ -53,9 +56,31 @@ class Shared:
     # What the last event showed of each object (uid, generation, trigger), hashed: 8 bytes.
     seen: dict[Key, int] = field(default_factory=dict)
     scheduler: Scheduler = field(init=False)
+    # What the metadata-only watch shows of keyrotor's Secrets (no data).
+    secrets: SecretCache = field(init=False)
+    secret_watch: SecretWatch | None = None
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.reconcile, workers=self.workers)
+        self.secrets = SecretCache(wake=self.drifted)
+
+    def drifted(self, key: Key) -> None:
+        """A Secret was deleted or written by someone else: look at its owner now (if it is
+        one of this instance's objects; other shards watch their own)."""
+        if key in self.seen:
+            self.scheduler.wake(key)
+
+    def start_secret_watch(self) -> None:
+        from kubernetes import client
+
+        patterns = any(c in n for n in self.namespaces for c in "*?[!")
+        self.secret_watch = SecretWatch(self.secrets, client.CoreV1Api(load_client()),
+                                        () if patterns else self.namespaces)
+        self.secret_watch.start(asyncio.get_running_loop())
+
+    async def stop_secret_watch(self) -> None:
+        if self.secret_watch is not None:
+            self.secret_watch.stop()
 
     @classmethod
     def create(cls, *, phase_pause: float = 0.0, namespaces: Sequence[str] = (),
@@ -75,7 +100,8 @@ class Shared:
 
     async def reconcile(self, key: Key, hint: dict[str, Any] | None) -> tuple[float, bool]:
         reconciler = self.busy.pop(key, None) or Reconciler(
-            api=self.api, phase_pause=self.phase_pause, restarter=self.restarter)
+            api=self.api, phase_pause=self.phase_pause, restarter=self.restarter,
+            secrets=self.secrets)
         delay = await reconciler.reconcile(*key, body=hint)
         if reconciler.busy:
             self.busy[key] = reconciler

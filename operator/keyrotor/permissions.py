@@ -43,6 +43,9 @@ NEEDS: tuple[Need, ...] = (
     *(Need("", "secrets", verb, "to publish versions in the Secret it owns")
       for verb in ("get", "create", "update")),
     Need("", "secrets", "delete", "to apply deletionPolicy Delete"),
+    *(Need("", "secrets", verb, "to notice a deleted or hand-edited Secret (a metadata-only "
+           "watch of the Secrets labelled app.kubernetes.io/managed-by=keyrotor)")
+      for verb in ("list", "watch")),
     Need("", "events", "create", "to post events"),
 )
 

@@ -13,6 +13,14 @@ them out, in the order that makes crashes safe:
 A crash between 4 and 5 replays the effect harmlessly. What only the operator can judge (a
 Secret owned by someone else, a cron expression cronsim rejects) becomes the Degraded condition
 and one Warning event, and the current key keeps working.
+
+Before acting, a settled object's Secret is compared with its status through the metadata-only
+Secret watch (:mod:`keyrotor.secretwatch`, in memory). Only when the watch saw it deleted or
+written by someone else is the Secret read and judged (missing, versions unlike the status,
+values unlike their fingerprints, labels gone); an effect that finds no current version to
+apply to (``SlotError``) is judged the same way. The engine's :func:`repair` decides what to
+re-publish or issue anew; the object reports ``Degraded`` with reason ``SecretDrift`` and one
+Warning event until the next reconcile finds the Secret sound.
 """
 
 from __future__ import annotations
@@ -37,19 +45,28 @@ from keyrotor.engine.model import (
     Issue,
     Phase,
     ProbeRound,
+    Republish,
     Revoke,
     RotationSpec,
     RotationState,
     Stage,
 )
-from keyrotor.engine.rotation import probe_due, step
+from keyrotor.engine.rotation import SETTLED, probe_due, published, repair, step
 from keyrotor.engine.schedule import next_rotation_time
-from keyrotor.errors import Conflict, InternalError, KeyrotorError, PermissionDenied, SpecError
-from keyrotor.generators import Generator, Material, from_spec, main_value
+from keyrotor.errors import (
+    Conflict,
+    InternalError,
+    KeyrotorError,
+    PermissionDenied,
+    Reason,
+    SpecError,
+)
+from keyrotor.generators import Generator, Material, from_spec, main_value, recoverable
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
-from keyrotor.publishing.secret import Owner, check_owner, decode, encode, render
+from keyrotor.publishing.secret import Owner, check_owner, decode, encode, inspect, render
 from keyrotor.publishing.slots import SlotError
 from keyrotor.restarts import Restarter
+from keyrotor.secretwatch import SecretCache
 from keyrotor.targets import USERNAME, Target
 from keyrotor.targets import from_spec as target_from_spec
 
@@ -66,7 +83,7 @@ class Api(Protocol):
     def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
                      resource_version: str | None) -> dict[str, Any]: ...
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def write_secret(self, body: dict[str, Any], *, create: bool) -> None: ...
+    def write_secret(self, body: dict[str, Any], *, create: bool) -> str | None: ...
     def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str,
                    name: str | None = None) -> None: ...
 
@@ -138,6 +155,8 @@ class Reconciler:
     memory: tuple[str, RotationState] | None = None
     # Whether the delay last returned is a slow-motion pause (which a wake-up must not cut).
     pausing: bool = False
+    # The Secret watch's view, shared by every reconciler (None: no drift check but SlotError).
+    secrets: SecretCache | None = None
 
     async def reconcile(self, namespace: str, name: str,
                         body: dict[str, Any] | None = None) -> float:
@@ -203,6 +222,14 @@ class Reconciler:
         state = self._state_of(body)
         trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
         now = self.clock()
+        secret_name = spec["secretName"]
+
+        if self.secrets is not None and state.phase in SETTLED and state.current is not None \
+                and self.secrets.suspect((namespace, secret_name), published(state)):
+            drift = await asyncio.to_thread(self._judge, secret_name, owner, state)
+            if drift is not None:
+                return await self._repair(body, state, drift, secret_name, owner, generator,
+                                          target)
 
         probe = None
         version = probe_due(rspec, state, now)
@@ -221,8 +248,16 @@ class Reconciler:
         result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
 
         if result.effect is not None:
-            await asyncio.to_thread(self._publish, result.effect, spec["secretName"], owner,
-                                    generator, target)
+            try:
+                await asyncio.to_thread(self._publish, result.effect, secret_name, owner,
+                                        generator, target)
+            except SlotError:
+                # No current version to apply it to: judge the Secret, then repair it.
+                drift = await asyncio.to_thread(self._judge, secret_name, owner, state)
+                if drift is None:
+                    raise
+                return await self._repair(body, state, drift, secret_name, owner, generator,
+                                          target)
         elif state.current is not None and meta.get("generation") != \
                 (body.get("status") or {}).get("observedGeneration"):
             # The spec changed (deletionPolicy, say): the Secret's owner marks may have to.
@@ -248,6 +283,50 @@ class Reconciler:
         counters mid-rotation, or a backoff. An idle one may be dropped and made anew."""
         return self.errors_in_a_row > 0 or (
             self.memory is not None and self.memory[1].phase != Phase.IDLE)
+
+    # ---- drift ------------------------------------------------------------------------------
+
+    def _judge(self, secret_name: str, owner: Owner,
+               state: RotationState) -> tuple[str, dict[str, int]] | None:
+        """Read the Secret afresh: (what is wrong, what it still holds intact) or None when it
+        is as ``state`` says. Blocking."""
+        secret = self.api.get_secret(owner.namespace, secret_name)
+        where = f"Secret {owner.namespace}/{secret_name}"
+        if secret is None:
+            return f"{where} was deleted", {}
+        check_owner(secret, owner, secret_name)
+        held, problems = inspect(secret, owner, secret_name)
+        want = published(state)
+        if held != want:
+            shown = ", ".join(f"{slot} {v}" for slot, v in held.items()) or "none"
+            problems.append(f"it holds versions ({shown}) where the status says (" + ", ".join(
+                f"{slot} {v}" for slot, v in want.items()) + ")")
+        if not problems:
+            if self.secrets is not None:
+                self.secrets.checked((owner.namespace, secret_name),
+                                     str(secret["metadata"].get("resourceVersion", "")))
+            return None
+        return f"{where}: " + "; ".join(problems), held
+
+    async def _repair(self, body: dict[str, Any], state: RotationState,
+                      drift: tuple[str, dict[str, int]], secret_name: str, owner: Owner,
+                      generator: Generator, target: Target | None) -> float:
+        """Carry out the engine's repair; report Degraded (SecretDrift) and one Warning."""
+        found, held = drift
+        now = self.clock()
+        fix = repair(state, now=now, held=held, recoverable=recoverable(generator), found=found)
+        if fix.effect is not None:
+            await asyncio.to_thread(self._publish, fix.effect, secret_name, owner, generator,
+                                    target)
+        message = fix.events[0].message if fix.events else found
+        log.warning("%s/%s: %s: %s", owner.namespace, owner.name, Reason.SECRET_DRIFT, message)
+        metrics.RECONCILE_ERRORS.labels(owner.namespace, owner.name, Reason.SECRET_DRIFT).inc()
+        await self._announce(body, fix.state, fix.events)
+        await self._persist(body, fix.state, now=now, error=(Reason.SECRET_DRIFT, message),
+                            next_rotation=None)
+        metrics.observe_state(owner.namespace, owner.name, fix.state, next_rotation=None,
+                              degraded=True)
+        return fix.requeue_after
 
     # ---- steps -------------------------------------------------------------------------------
 
@@ -314,7 +393,8 @@ class Reconciler:
             material = target.describe(version, material)
             # Issue and Stage need the target to accept the version before any consumer
             # sees it; OneKey's PromoteTo hands it to presenters first (Activate swaps later).
-            if isinstance(effect, (Issue, Stage)):
+            if isinstance(effect, (Issue, Stage)) or (
+                    isinstance(effect, Republish) and version == effect.fresh):
                 target.activate(version, material)
             return material
 
@@ -323,7 +403,7 @@ class Reconciler:
             rendered = render(effect, current, name=secret_name, owner=owner, generate=make)
             try:
                 if rendered is not None:
-                    self.api.write_secret(rendered, create=current is None)
+                    self._write(rendered, owner, create=current is None)
                 break
             except Conflict:
                 continue  # re-read; the effect is idempotent
@@ -350,8 +430,20 @@ class Reconciler:
         slots, key = decode(current)
         check_owner(current, owner, secret_name)
         if key is not None:
-            self.api.write_secret(encode(slots, name=secret_name, owner=owner, base=current,
-                                         fingerprint_key=key), create=False)
+            self._write(encode(slots, name=secret_name, owner=owner, base=current,
+                               fingerprint_key=key), owner, create=False)
+
+    def _write(self, body: dict[str, Any], owner: Owner, *, create: bool) -> None:
+        """Write the Secret and tell the Secret watch it was keyrotor. Blocking."""
+        key = (owner.namespace, body["metadata"]["name"])
+        if self.secrets is not None:
+            self.secrets.writing(key)
+        version = None
+        try:
+            version = self.api.write_secret(body, create=create)
+        finally:
+            if self.secrets is not None:
+                self.secrets.wrote(key, version, owner.name)
 
     async def _persist(self, body: dict[str, Any], state: RotationState, *,
                        now: datetime.datetime, error: tuple[str, str] | None,

@@ -117,6 +117,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
                                                   thread_name_prefix="keyrotor-io"))
         await shared.scheduler.start()
         stopping.append(shared.scheduler.stop)
+        shared.start_secret_watch()  # metadata only: wakes objects whose Secret drifted
+        stopping.append(shared.stop_secret_watch)
         operator = asyncio.create_task(kopf.operator(
             standalone=True, clusterwide=not namespaces, namespaces=list(namespaces),
             stop_flag=stop, memo=kopf.Memo(shared=shared)))

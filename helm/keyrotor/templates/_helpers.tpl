@@ -61,11 +61,13 @@ Only what keyrotor uses; see the comments.
 - apiGroups: [keyrotor.io]
   resources: [rotatingsecrets/status]
   verbs: [patch]
-# The Secrets it owns (it never writes one it does not own: checked in code). No list or
-# watch: it reads each Secret by name.
+# The Secrets it owns (it never writes one it does not own: checked in code). list and watch
+# feed the drift watch, which asks the API server for metadata only (PartialObjectMetadata) and
+# only for Secrets labelled app.kubernetes.io/managed-by=keyrotor; RBAC cannot narrow a list to
+# metadata or labels, so a holder of this role could read every Secret in scope (see README).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, update, delete]
+  verbs: [get, list, watch, create, update, delete]
 # Kubernetes events about each rotation.
 - apiGroups: [""]
   resources: [events]
