@@ -257,6 +257,12 @@ def test_upgrade_adds_and_removes_shards(chart_plane: ControlPlane, cluster_helm
     assert shard[shard.index("--leader-election-id") + 1] == "keyrotor-shard-b"
     chart_plane.kubectl("get", "poddisruptionbudget", "keyrotor-shard-a", "-n", RELEASE_NS)
     chart_plane.kubectl("get", "service", "keyrotor-shard-a-metrics", "-n", RELEASE_NS)
+    # The shards share the release's ServiceAccount; its Role covers their Leases too.
+    account = f"system:serviceaccount:{RELEASE_NS}:keyrotor"
+    for verb in ("get", "create", "update"):
+        assert chart_plane.kubectl("auth", "can-i", verb, "leases/keyrotor-shard-a", "-n",
+                                   RELEASE_NS, f"--as={account}",
+                                   check=False).stdout.strip() == "yes", verb
 
     cluster_helm("upgrade", release, str(CHART), "--namespace", RELEASE_NS, "--reuse-values",
                  "--set-json", "sharding.shards=[]")  # --set ...={} would be [""]
