@@ -290,7 +290,11 @@ class SecretWatch:
             except Exception as exc:  # the API server away: retry, slowly
                 if self._stop.is_set():
                     return
-                log.warning("watching Secrets%s failed: %s; retrying in %.0fs",
-                            f" in namespace {namespace}" if namespace else "", exc, wait)
+                status = getattr(exc, "status", None)
+                why = f"HTTP {status} {getattr(exc, 'reason', '')}" if status else \
+                    f"{type(exc).__name__}: {exc}"
+                log.warning("watching Secrets%s failed (%s); deleted or edited Secrets go "
+                            "unnoticed until it works; retrying in %.0fs",
+                            f" in namespace {namespace}" if namespace else "", why, wait)
                 self._stop.wait(wait)
                 wait = min(wait * 2, RETRY[1])

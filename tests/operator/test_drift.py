@@ -41,7 +41,7 @@ def _drift_seen_then_recovered(kapi: KubeApi, namespace: str, name: str,
             seen.append(status)
         return status if seen and degraded.get("status") == "False" else None
 
-    status = wait_for(recovered, timeout=30, interval=0.1, what="SecretDrift, then recovery")
+    wait_for(recovered, timeout=30, interval=0.1, what="SecretDrift, then recovery")
     return seen[0], time.monotonic() - started
 
 
