@@ -50,6 +50,7 @@ from keyrotor.engine.model import (
     RotationSpec,
     RotationState,
     Stage,
+    Step,
 )
 from keyrotor.engine.rotation import SETTLED, probe_due, published, repair, step
 from keyrotor.engine.schedule import next_rotation_time
@@ -240,25 +241,41 @@ class Reconciler:
             probe = await self._probe(spec["secretName"], owner,
                                       [p for p in probes if p.name in wanted], version, restarts)
             now = self.clock()
-        held = None
-        if state.phase in (Phase.PROMOTING, Phase.REVOKING):
-            slots, _ = decode(await asyncio.to_thread(self.api.get_secret, namespace,
-                                                      spec["secretName"]))
-            held = {slot: v.version for slot, v in slots.filled().items()}
-        result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
-
-        if result.effect is not None:
-            try:
-                await asyncio.to_thread(self._publish, result.effect, secret_name, owner,
-                                        generator, target)
-            except SlotError:
-                # No current version to apply it to: judge the Secret, then repair it.
-                drift = await asyncio.to_thread(self._judge, secret_name, owner, state)
-                if drift is None:
-                    raise
-                return await self._repair(body, state, drift, secret_name, owner, generator,
-                                          target)
-        elif state.current is not None and meta.get("generation") != \
+        # Steps that need no probe and no wait run on in this reconcile, and the state is
+        # persisted once at the end: Idle→Generating→(stage)→VerifyingAcceptance is one status
+        # write, not two. Safe because every effect is keyed by its version and idempotent: a
+        # crash before the write replays the chain, allocates the same version again (the
+        # Secret already holds it) and posts the same events (same names). In slow motion each
+        # phase is persisted on its own, so it can be watched (the demo) and killed (tests).
+        result: Step | None = None
+        events: list[Event] = []
+        effects: list[Effect] = []
+        for _ in range(8):
+            held = None
+            if state.phase in (Phase.PROMOTING, Phase.REVOKING):
+                slots, _ = decode(await asyncio.to_thread(self.api.get_secret, namespace,
+                                                          spec["secretName"]))
+                held = {slot: v.version for slot, v in slots.filled().items()}
+            result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
+            events += result.events
+            if result.effect is not None:
+                try:
+                    await asyncio.to_thread(self._publish, result.effect, secret_name, owner,
+                                            generator, target)
+                except SlotError:
+                    # No current version to apply it to: judge the Secret, then repair it.
+                    drift = await asyncio.to_thread(self._judge, secret_name, owner, state)
+                    if drift is None:
+                        raise
+                    return await self._repair(body, state, drift, secret_name, owner,
+                                              generator, target)
+                effects.append(result.effect)
+            if self.phase_pause or result.requeue_after > 0 or result.state == state or \
+                    probe_due(rspec, result.state, now) is not None:
+                break
+            state, probe = result.state, None
+        assert result is not None
+        if not effects and state.current is not None and meta.get("generation") != \
                 (body.get("status") or {}).get("observedGeneration"):
             # The spec changed (deletionPolicy, say): the Secret's owner marks may have to.
             await asyncio.to_thread(self._remark, spec["secretName"], owner)
@@ -269,9 +286,9 @@ class Reconciler:
         shown = None if result.state.rotating or rspec.suspend else due
         # Events before the status: a crash in between replays the step, and the replay's
         # events carry the same names, so each transition is posted exactly once.
-        await self._announce(body, result.state, result.events)
+        await self._announce(body, result.state, tuple(events))
         await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
-        self._observe(body, result.state, result.effect, due)
+        self._observe(body, result.state, effects, due)
         if result.state.phase != state.phase and self.phase_pause:
             self.pausing = result.requeue_after <= self.phase_pause
             return max(result.requeue_after, self.phase_pause)
@@ -486,11 +503,11 @@ class Reconciler:
             await asyncio.to_thread(self.api.post_event, body, type=event.type,
                                     reason=event.reason, message=event.message, name=key)
 
-    def _observe(self, body: dict[str, Any], state: RotationState, effect: Effect | None,
+    def _observe(self, body: dict[str, Any], state: RotationState, effects: list[Effect],
                  due: datetime.datetime | None) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if isinstance(effect, Revoke):
+        if any(isinstance(effect, Revoke) for effect in effects):
             metrics.REVOCATIONS.labels(namespace, name).inc()
             metrics.ROTATIONS.labels(namespace, name, "succeeded").inc()
             started = status_io.parse_ts((body.get("status") or {}).get("rotationStartTime"))

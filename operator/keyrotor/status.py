@@ -12,7 +12,6 @@ messages, and probe messages are scrubbed of credentials by the probes themselve
 from __future__ import annotations
 
 import datetime
-import re
 from typing import Any
 
 from keyrotor.engine.model import ConsumerResult, Phase, RotationState
@@ -139,20 +138,19 @@ def conditions(state: RotationState, *, now: datetime.datetime, generation: int 
     return result
 
 
-# Fields that change on every probe round. Readers need the phase, the versions, each
-# consumer's pass/fail and the conditions; the round counters live in the reconciler's memory
-# between writes (after a crash, verification restarts, which is safe).
-_ROUND_FIELDS = frozenset({"lastProbeTime", "successfulRounds"})
-_ROUND_CONSUMER_FIELDS = frozenset({"message", "consecutiveFailures", "lastProbeTime"})
+# Fields that change within a phase. Readers need the phase, the versions, each consumer's
+# pass/fail and the conditions; the round counters, the time verification passed and the
+# running commentary live in the reconciler's memory between writes and go out with the next
+# one (after a crash, verification restarts, which only delays a revocation: safe).
+_ROUND_FIELDS = frozenset({"lastProbeTime", "successfulRounds", "verifiedTime", "message"})
 
 
 def _essence(status: dict[str, Any]) -> dict[str, Any]:
     view = {k: v for k, v in status.items()
             if k not in _ROUND_FIELDS and k not in ("consumers", "conditions") and v is not None}
-    # A message whose only change is a number ("2 of 3 probe rounds passed") is a count.
-    view["message"] = re.sub(r"[0-9]+", "#", str(status.get("message") or ""))
-    view["consumers"] = [{k: v for k, v in c.items() if k not in _ROUND_CONSUMER_FIELDS}
-                         for c in status.get("consumers") or ()]
+    # Consumers matter to a reader when they fail or wait (passing is what is expected).
+    view["consumers"] = sorted((c.get("name"), bool(c.get("pending")))
+                               for c in status.get("consumers") or () if not c.get("ok"))
     view["conditions"] = sorted((c.get("type"), c.get("status"), c.get("reason"))
                                 for c in status.get("conditions") or ())
     return view
