@@ -215,12 +215,16 @@ def list_metadata(core: Any, namespace: str) -> tuple[list[dict[str, Any]], str]
 
 
 def watch_events(core: Any, namespace: str, resource_version: str,
-                 timeout: int = WATCH_TIMEOUT) -> Iterator[tuple[str, dict[str, Any]]]:
+                 timeout: int = WATCH_TIMEOUT,
+                 opened: Callable[[Any], None] = lambda response: None,
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(type, metadata) of each event from ``resource_version`` on, until the server ends the
-    watch; bookmarks come as ("BOOKMARK", metadata). Raises :class:`Gone` on 410."""
+    watch; bookmarks come as ("BOOKMARK", metadata). Raises :class:`Gone` on 410. ``opened``
+    gets the streaming response (so that a stop can shut it down)."""
     response = _request(core, namespace, watch=True, resource_version=resource_version,
                         allow_watch_bookmarks=True, timeout_seconds=timeout,
                         _request_timeout=(10, timeout + 30))
+    opened(response)
     try:
         for line in _lines(response):
             event = json.loads(line)
@@ -255,6 +259,7 @@ class SecretWatch:
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _open: dict[str, Any] = field(default_factory=dict)  # namespace -> streaming response
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.cache.loop = loop
@@ -265,8 +270,15 @@ class SecretWatch:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop (a thread blocked in a read ends at its watch timeout; it is a daemon)."""
+        """Stop: shut the open streams down, so each thread's blocked read returns now."""
         self._stop.set()
+        for response in list(self._open.values()):
+            shutdown = getattr(response, "shutdown", None)  # urllib3 >= 2.3
+            if shutdown is not None:
+                try:
+                    shutdown()
+                except Exception as exc:  # already closed, say: nothing more to stop
+                    log.debug("closing a Secret watch: %s", exc)
 
     def _run(self, namespace: str) -> None:
         loop = self.cache.loop
@@ -278,7 +290,9 @@ class SecretWatch:
                 if version is None:
                     items, version = list_metadata(self.core, namespace)
                     loop.call_soon_threadsafe(self.cache.replace, namespace, items)
-                for kind, meta in watch_events(self.core, namespace, version):
+                for kind, meta in watch_events(
+                        self.core, namespace, version,
+                        opened=lambda response: self._open.__setitem__(namespace, response)):
                     if self._stop.is_set():
                         return
                     version = str(meta.get("resourceVersion") or version)

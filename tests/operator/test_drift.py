@@ -5,13 +5,17 @@ SecretDrift and then recovers, and one Warning event says what was found and don
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 from typing import Any
 
+from kubernetes import client
+
 from keyrotor.kube import KubeApi
 from keyrotor.publishing.secret import decode
+from keyrotor.secretwatch import SecretCache, SecretWatch, _request
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
@@ -97,3 +101,49 @@ def test_value_edited_by_hand_is_replaced(
     message = _one_drift_warning(kapi, namespace, "edited")
     assert "the value of slot current (version 1) was edited" in message
     assert "typed-in" not in message  # never the value itself
+
+
+def test_the_watch_receives_metadata_only(kube: client.ApiClient, namespace: str) -> None:
+    """The API server honours the watch's Accept header: lists and watch events carry
+    PartialObjectMetadata, never a Secret's data; unlabelled Secrets are not sent at all.
+    Then SecretWatch itself feeds a cache and stops at once."""
+    core = client.CoreV1Api(kube)
+    labels = {"app.kubernetes.io/managed-by": "keyrotor", "keyrotor.io/rotatingsecret": "k"}
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "ours", "labels": labels},
+                                              "data": {"current": "c2VjcmV0"}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "theirs"},
+                                              "data": {"current": "c2VjcmV0"}})
+    listed = json.loads(_request(core, namespace, limit=10).data)
+    assert listed["kind"] == "PartialObjectMetadataList"
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["ours"]
+    assert all(set(i) <= {"kind", "apiVersion", "metadata"} for i in listed["items"])
+    response = _request(core, namespace, watch=True, timeout_seconds=1,
+                        resource_version=listed["metadata"]["resourceVersion"])
+    core.patch_namespaced_secret("ours", namespace, {"data": {"next": "bmV4dA=="}})
+    raw = response.read()
+    assert b"c2VjcmV0" not in raw and b"bmV4dA" not in raw
+    events = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["kind"]) for e in events] == [
+        ("MODIFIED", "PartialObjectMetadata")]
+
+    woken: list[tuple[str, str]] = []
+
+    async def watch_and_delete() -> None:
+        cache = SecretCache(wake=woken.append)
+        watch = SecretWatch(cache, core, (namespace,))
+        watch.start(asyncio.get_running_loop())
+        try:
+            await asyncio.to_thread(wait_for, lambda: namespace in cache.synced, timeout=10,
+                                    what="the first list")
+            assert set(cache.views) == {(namespace, "ours")}
+            core.delete_namespaced_secret("ours", namespace)
+            await asyncio.to_thread(wait_for, lambda: woken, timeout=10, what="a wake-up")
+            assert woken == [(namespace, "k")]
+        finally:
+            watch.stop()
+        started = time.monotonic()
+        await asyncio.to_thread(wait_for, lambda: not any(t.is_alive() for t in watch._threads),
+                                timeout=10, what="the watch thread to end")
+        assert time.monotonic() - started < 5
+
+    asyncio.run(watch_and_delete())
