@@ -233,3 +233,42 @@ def test_watch_requests_ask_for_metadata_only() -> None:
     assert [c[2]["_headers"]["Accept"] for c in calls] == [METADATA_LIST, METADATA_LIST,
                                                            METADATA_ONLY]
     assert [c[0] for c in calls] == ["namespaced", "all", "namespaced"]
+
+
+async def test_a_secret_ahead_of_its_status_after_a_crash_is_no_drift() -> None:
+    """A kill between a Secret write and the status write leaves the Secret a step ahead (a
+    staged or promoted version, a revoked previous). The new process lists the Secrets afresh;
+    the replay finishes the step: no SecretDrift, no version made twice."""
+    w = Watched()
+    w.api.add("k", TWO_KEYS)
+    await run(w.reconciler(), w.clock, "k", idle_at(1))
+    w.api.edit("k", **{ROTATE: "now"})
+
+    def crash() -> None:
+        raise SystemExit("killed")
+
+    def restarted() -> Reconciler:
+        w.api.watchers.clear()
+        w.cache = SecretCache(wake=w.woken.append)
+        w.cache.replace("", [dict(s["metadata"], namespace=NS) for s in w.api.secrets.values()])
+        w.api.watchers.append(w.cache.observe)
+        return w.reconciler()
+
+    r, crashes, last_phase, staged = w.reconciler(), 0, None, set()
+    for _ in range(300):
+        phase = w.api.status("k").get("phase")
+        if phase != last_phase:  # each new phase: its next status write is killed once
+            last_phase = phase
+            w.api.before["patch rotatingsecrets/status"] = crash
+        try:
+            delay = await r.reconcile(NS, "k")
+        except SystemExit:
+            crashes, r = crashes + 1, restarted()
+            continue
+        staged.add(w.api.secrets["k"]["data"].get("next"))
+        w.clock.advance(max(delay, 0.001))
+        if w.api.status("k").get("rotationCount") == 1:
+            break
+    assert w.api.status("k")["currentVersion"] == 2 and crashes >= 3
+    assert drift_events(w.api) == []
+    assert len(staged - {None}) == 1  # version 2's material made once
