@@ -5,8 +5,9 @@ up (``keyrotor_event_loop_lag_seconds``). Anything that holds the loop (blocking
 such as generating an RSA key on the loop) shows up as lag, and delays every other
 RotatingSecret by as much. Costs one wake-up per interval (10 per second by default).
 
-Opt-in: :func:`enabled` reads ``KEYROTOR_LOOP_LAG`` ("1", "true" or "yes"); start it on the
-operator's loop with ``task = looplag.start()`` and cancel the task when stopping.
+``keyrotor run`` starts it on the operator's loop (``task = looplag.start()``) and cancels the
+task when stopping. :func:`enabled` reads ``KEYROTOR_LOOP_LAG`` for the benchmarks' wrapper,
+which predates that.
 """
 
 from __future__ import annotations

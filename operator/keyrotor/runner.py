@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import kopf
 from aiohttp import web
 
-from keyrotor import metrics
+from keyrotor import looplag, metrics
 from keyrotor.leadership import LeaderElector, LeaseConfig
 
 log = logging.getLogger("keyrotor.runner")
@@ -86,6 +86,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
 
     if metrics_port:
         metrics.serve(metrics_port)
+    # Always on (ten wake-ups a second): a loop held by blocking work delays every object.
+    lag = looplag.start()
     health = Health()
     site = await health.serve(liveness_port) if liveness_port else None
     stop = stop_flag or asyncio.Event()
@@ -142,6 +144,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
     finally:
         for stop_it in stopping:
             await stop_it()
+        lag.cancel()
+        await asyncio.gather(lag, return_exceptions=True)
         if site is not None:
             await site.cleanup()
 
