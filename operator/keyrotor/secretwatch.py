@@ -46,7 +46,7 @@ WATCH_TIMEOUT = 300  # seconds the server keeps one watch open
 RETRY = (1.0, 30.0)  # after an error: first wait, ceiling (doubling in between)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretView:
     """What keyrotor keeps of one Secret: no data, no fingerprints."""
 
