@@ -31,6 +31,7 @@ class Reason(StrEnum):
     BACKEND_CONFLICT = "BackendConflict"
     PERMISSION_DENIED = "PermissionDenied"
     CONFLICT = "Conflict"
+    API_UNAVAILABLE = "ApiUnavailable"
     INTERNAL_ERROR = "InternalError"
 
 
@@ -80,6 +81,17 @@ class Conflict(TemporaryError):
     """The object changed since it was read (HTTP 409): re-read and try again."""
 
     reason = Reason.CONFLICT
+
+
+class ApiUnavailable(TemporaryError):
+    """The API server did not answer in time, refused the connection, or asked to slow down
+    (429/5xx); ``retry_after`` is its Retry-After, which API Priority and Fairness sets."""
+
+    reason = Reason.API_UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(TemporaryError):

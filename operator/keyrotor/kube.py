@@ -13,15 +13,21 @@ import os
 import time
 from typing import Any, ClassVar
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from keyrotor.errors import Conflict, PermissionDenied
+from keyrotor.errors import ApiUnavailable, Conflict, PermissionDenied
 
 __all__ = ["Conflict", "KubeApi", "PermissionDenied", "load_client"]
 
 GROUP, VERSION, PLURAL = "keyrotor.io", "v1alpha1", "rotatingsecrets"
 COMPONENT = "keyrotor"
+# Every call has a deadline (connect, read): with etcd frozen the API server accepts
+# connections and never answers, and a call without one would hang its worker for good.
+TIMEOUT = (3.0, 5.0)
+# Answers as raw JSON (plain dicts, as kubectl shows them), within the deadline.
+RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": TIMEOUT}
 
 
 def load_client(kubeconfig: str | None = None, context: str | None = None, *,
@@ -38,6 +44,7 @@ def load_client(kubeconfig: str | None = None, context: str | None = None, *,
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
             client_configuration=configuration)
+    configuration.retries = 1  # keyrotor's own backoff retries, with the reason on record
     return client.ApiClient(configuration)
 
 
@@ -54,6 +61,15 @@ class _Calls:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, urllib3.exceptions.HTTPError):
+            raise ApiUnavailable(f"the API server did not answer {self.verb} {self.resource}: "
+                                 f"{type(exc).__name__}") from None
+        if isinstance(exc, ApiException) and (exc.status == 429 or (exc.status or 0) >= 500):
+            retry_after = (exc.headers or {}).get("Retry-After")
+            raise ApiUnavailable(
+                f"the API server answered {exc.status} to {self.verb} {self.resource}",
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit()
+                else None) from None
         if isinstance(exc, ApiException):
             if exc.status == 403:
                 raise PermissionDenied(verb=self.verb, resource=self.resource,
@@ -86,7 +102,7 @@ class KubeApi:
         try:
             with _call("get", f"{PLURAL}.{GROUP}", namespace):
                 return _json(self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
+                    GROUP, VERSION, namespace, PLURAL, name, **RAW))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -95,10 +111,10 @@ class KubeApi:
     def list_rotating_secrets(self, namespace: str | None = None) -> list[dict[str, Any]]:
         if namespace:
             raw = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                            _preload_content=False)
+                                                            **RAW)
         else:
             raw = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL,
-                                                         _preload_content=False)
+                                                         **RAW)
         items: list[dict[str, Any]] = _json(raw)["items"]
         return items
 
@@ -110,7 +126,7 @@ class KubeApi:
             body["metadata"] = {"resourceVersion": resource_version}
         with _call("patch", f"{PLURAL}.{GROUP}/status", namespace):
             return _json(self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False))
+                GROUP, VERSION, namespace, PLURAL, name, body, **RAW))
 
     def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
         obj = self.get_rotating_secret(namespace, name)
@@ -133,7 +149,7 @@ class KubeApi:
         try:
             with _call("get", "secrets", namespace):
                 return _json(self.core.read_namespaced_secret(name, namespace,
-                                                              _preload_content=False))
+                                                              **RAW))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -146,10 +162,10 @@ class KubeApi:
         with _call("create" if create else "update", "secrets", meta["namespace"]):
             if create:
                 raw = self.core.create_namespaced_secret(meta["namespace"], body,
-                                                         _preload_content=False)
+                                                         **RAW)
             else:
                 raw = self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body,
-                                                          _preload_content=False)
+                                                          **RAW)
         version = (_json(raw).get("metadata") or {}).get("resourceVersion")
         return str(version) if version else None
 
@@ -158,7 +174,7 @@ class KubeApi:
             preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
             with _call("delete", "secrets", namespace):
-                self.core.delete_namespaced_secret(name, namespace, body=options)
+                self.core.delete_namespaced_secret(name, namespace, body=options, **RAW)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -178,7 +194,7 @@ class KubeApi:
         read = getattr(self.apps, f"read_namespaced_{self._WORKLOADS[kind]}")
         try:
             with _call("get", f"{kind.lower()}s.apps", namespace):
-                return _json(read(name, namespace, _preload_content=False))
+                return _json(read(name, namespace, **RAW))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -190,7 +206,8 @@ class KubeApi:
         patch = getattr(self.apps, f"patch_namespaced_{self._WORKLOADS[kind]}")
         with _call("patch", f"{kind.lower()}s.apps", namespace):
             patch(name, namespace,
-                  {"spec": {"template": {"metadata": {"annotations": annotations}}}})
+                  {"spec": {"template": {"metadata": {"annotations": annotations}}}},
+                  _request_timeout=TIMEOUT)
 
     # ---- Events ------------------------------------------------------------------------------
 
@@ -222,14 +239,13 @@ class KubeApi:
         }
         try:
             with _call("create", "events", meta["namespace"]):
-                self.core.create_namespaced_event(meta["namespace"], event)
+                self.core.create_namespaced_event(meta["namespace"], event, **RAW)
         except Conflict:
             if name is None:
                 raise  # AlreadyExists on a unique name: not a replay, report it
 
-
     def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         raw = self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}", _preload_content=False)
+            namespace, field_selector=f"involvedObject.name={name}", **RAW)
         items: list[dict[str, Any]] = _json(raw)["items"]
         return items

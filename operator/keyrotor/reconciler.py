@@ -174,6 +174,7 @@ class Reconciler:
             log.warning("%s/%s: reading the RotatingSecret failed: %s", namespace, name, exc)
             metrics.RECONCILE_ERRORS.labels(namespace, name, getattr(
                 exc, "reason", type(exc).__name__)).inc()
+            metrics.DEGRADED.labels(namespace, name).set(1)
             return ERROR_BACKOFF[0]
         if body is None or body["metadata"].get("deletionTimestamp"):
             return ERROR_RETRY
@@ -199,7 +200,7 @@ class Reconciler:
             metrics.PERMISSION_MISSING.labels(exc.namespace or "", exc.verb, exc.resource).set(1)
         try:
             await self._report_error(body, exc.reason, str(exc))
-        except KeyrotorError as report_exc:  # e.g. no permission to write status or events
+        except Exception as report_exc:  # e.g. no permission to write status or events
             log.error("%s/%s: %s: %s (and reporting it failed: %s)",
                       body["metadata"].get("namespace"), body["metadata"].get("name"),
                       exc.reason, exc, report_exc)
@@ -208,7 +209,9 @@ class Reconciler:
         first, ceiling = ERROR_BACKOFF
         self.errors_in_a_row += 1
         delay = min(first * 2.0 ** (self.errors_in_a_row - 1), ceiling)
-        return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+        delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+        # API Priority and Fairness says when to come back (429 Retry-After): never sooner.
+        return max(delay, getattr(exc, "retry_after", None) or 0.0)
 
     async def _reconcile(self, body: dict[str, Any]) -> float:
         meta, spec = body["metadata"], body.get("spec") or {}

@@ -269,3 +269,25 @@ async def test_round_counters_survive_an_edit_of_the_metadata() -> None:
     undisturbed.edit("k", **{ROTATE: "now"})
     await run(r, quiet, "k", lambda s: s.get("rotationCount") == 1)
     assert prober.rounds <= baseline.rounds + 1, (prober.rounds, baseline.rounds)
+
+
+async def test_api_server_asking_to_slow_down_is_respected() -> None:
+    """A 429 from API Priority and Fairness carries Retry-After: the next try waits at least
+    that long, and the object reads Degraded (ApiUnavailable) meanwhile."""
+    from keyrotor.errors import ApiUnavailable
+
+    api, clock = FakeApi(), Clock()
+    api.add("k", TWO_KEYS)
+    r = reconciler(api, clock)
+    await run(r, clock, "k", idle_at(1))
+    api.edit("k", **{ROTATE: "now"})
+
+    def busy() -> None:
+        raise ApiUnavailable("the API server answered 429", retry_after=40)
+
+    api.before["update secrets"] = busy
+    delays = [await r.reconcile(NS, "k") for _ in range(2)]
+    assert max(delays) >= 40
+    degraded = next(c for c in api.status("k")["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ApiUnavailable"
+    assert versions(api, "k") == {"current": 1}

@@ -273,7 +273,7 @@ class Event:
     def once_per_version(self) -> bool:
         """A step of a rotation (posted exactly once, under a name derived from the version),
         rather than news that may repeat (a consumer failing again)."""
-        return self.reason in TRANSITIONS
+        return self.reason in TRANSITIONS or self.reason == "ConsumerFailing"
 
 
 @dataclass(frozen=True)
