@@ -251,7 +251,6 @@ class Reconciler:
         # Secret already holds it) and posts the same events (same names). In slow motion each
         # phase is persisted on its own, so it can be watched (the demo) and killed (tests).
         result: Step | None = None
-        events: list[Event] = []
         effects: list[Effect] = []
         for _ in range(8):
             held = None
@@ -260,7 +259,6 @@ class Reconciler:
                                                           spec["secretName"]))
                 held = {slot: v.version for slot, v in slots.filled().items()}
             result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
-            events += result.events
             if result.effect is not None:
                 try:
                     await asyncio.to_thread(self._publish, result.effect, secret_name, owner,
@@ -273,6 +271,9 @@ class Reconciler:
                     return await self._repair(body, state, drift, secret_name, owner,
                                               generator, target)
                 effects.append(result.effect)
+            # Each step's events under its own version: a chain may run from one rotation's
+            # revocation into the next one's start.
+            await self._announce(body, result.state, result.events)
             if self.phase_pause or result.requeue_after > 0 or result.state == state or \
                     probe_due(rspec, result.state, now) is not None:
                 break
@@ -289,7 +290,6 @@ class Reconciler:
         shown = None if result.state.rotating or rspec.suspend else due
         # Events before the status: a crash in between replays the step, and the replay's
         # events carry the same names, so each transition is posted exactly once.
-        await self._announce(body, result.state, tuple(events))
         await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
         self._observe(body, result.state, effects, due)
         if result.state.phase != state.phase and self.phase_pause:

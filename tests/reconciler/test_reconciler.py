@@ -292,3 +292,19 @@ async def test_api_server_asking_to_slow_down_is_respected() -> None:
     assert versions(api, "k") == {"current": 1}
     status = await run(r, clock, "k", lambda s: s.get("rotationCount") == 1)  # then it goes on
     assert status["currentVersion"] == 2
+
+
+async def test_a_chain_from_one_rotation_into_the_next_names_each_event_by_its_version(
+        ) -> None:
+    """Rotations due back to back: one reconcile revokes version n and starts n+1. Each
+    event keeps the name of its own version (a Revoked named after n+1 would be taken for a
+    replay when n+1's own revocation comes, and lost)."""
+    api, clock = FakeApi(), Clock()
+    api.add("k", {**TWO_KEYS, "rotation": {"every": "1m", "minOverlap": "1m"},
+                  "verification": {"interval": "10s", "successesRequired": 1}})
+    r = reconciler(api, clock)
+    await run(r, clock, "k", lambda s: (s.get("rotationCount") or 0) >= 4, steps=400)
+    reasons = api.reasons()
+    assert reasons.count("Revoked") == reasons.count("Promoted") >= 4
+    revoked = sorted(n for n, e in api.events.items() if e["reason"] == "Revoked")
+    assert len(set(revoked)) == len(revoked)
