@@ -33,13 +33,11 @@ from typing import Any
 
 from cluster import (
     CROSS_NOTE,
-    MANAGED,
     SMALL_SCALE,
     MetricsWindow,
     Operator,
     Rest,
     Sampler,
-    Watcher,
     by_key,
     cluster,
     create_all,
@@ -47,8 +45,6 @@ from cluster import (
     percentile,
     request_table,
     rotating_secret,
-    rs_path,
-    status_is,
     wait_quiet,
     writes,
 )
@@ -111,20 +107,15 @@ def main() -> None:
             sampler = Sampler(operator.pid, 0.5)
             time.sleep(2)  # the operator's idle footprint before the burst
             idle = sampler.samples[-1]
-            secrets = Watcher(b.rest, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED)
-            ready = Watcher(b.rest, rs_path(NS), predicate=status_is(currentVersion=1))
+            secrets = b.watch_secrets(NS)
+            ready = b.watch_rotating(NS, currentVersion=1)
             window, mark = MetricsWindow(b.rest), b.audit.mark()
             bodies = [rotating_secret(f"burst-{i:05d}", NS) for i in range(n)]
             started = time.time()
             created = create_all(b.rest, bodies, threads=args.threads)
             creation = time.time() - started
-            if not secrets.wait(n, args.timeout):
-                raise TimeoutError(f"{len(secrets.reached)} of {n} Secrets after "
-                                   f"{args.timeout:.0f} s; see {operator.log}")
-            all_secrets = max(secrets.reached.values())
-            if not ready.wait(n, args.timeout):
-                raise TimeoutError(f"{len(ready.reached)} of {n} RotatingSecrets Idle at 1")
-            all_ready = max(ready.reached.values())
+            all_secrets = secrets.reached_all(n, args.timeout, "Secrets", operator.log)
+            all_ready = ready.reached_all(n, args.timeout, "RotatingSecrets Idle at 1")
             last_request = wait_quiet(b.audit, quiet=5)
             tail_start = time.time()
             time.sleep(5)  # CPU once it has nothing left to do

@@ -361,6 +361,16 @@ class Watcher:
                 self._cond.wait(min(left, 1.0))
         return True
 
+    def reached_all(self, count: int, timeout: float, what: str, log: Path | None = None
+                    ) -> float:
+        """Wait until ``count`` objects reached the predicate; the wall-clock time the last
+        of them did. TimeoutError otherwise, counting ``what`` (and naming the operator's
+        ``log``, if given)."""
+        if not self.wait(count, timeout):
+            raise TimeoutError(f"{len(self.reached)} of {count} {what} after {timeout:.0f} s"
+                               + (f"; see {log}" if log else ""))
+        return max(self.reached.values())
+
     def stop(self) -> None:
         self._stop.set()
         conn = self._conn
@@ -603,6 +613,16 @@ class Operator:
         return None if self._get(self.liveness_port, "/healthz", timeout=10) is None \
             else time.perf_counter() - started
 
+    def gauge(self, name: str) -> float | None:
+        """The value of the unlabelled metric ``name``; None while it is not served."""
+        return self.series(name).get(name)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all (a crash); start() starts it again, same ports."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
     def stop(self, timeout: float = 30) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -712,6 +732,18 @@ class Bench:
     audit: AuditLog
     workdir: Path
 
+    def watch_rotating(self, namespace: str, *, label_selector: str | None = None,
+                       **status: int) -> Watcher:
+        """A Watcher of the namespace's RotatingSecrets reaching Idle with each ``status``
+        field at least as given (see :func:`status_is`)."""
+        return Watcher(self.rest, rs_path(namespace), label_selector=label_selector,
+                       predicate=status_is(**status))
+
+    def watch_secrets(self, namespace: str) -> Watcher:
+        """A Watcher of the Secrets keyrotor manages in the namespace: when each appeared."""
+        return Watcher(self.rest, f"/api/v1/namespaces/{namespace}/secrets",
+                       label_selector=MANAGED)
+
 
 @contextlib.contextmanager
 def cluster(*namespaces: str) -> Iterator[Bench]:
@@ -724,6 +756,28 @@ def cluster(*namespaces: str) -> Iterator[Bench]:
         for ns in namespaces:
             rest.create_namespace(ns)
         yield Bench(plane, rest, AuditLog(plane.audit_log), plane.workdir)
+
+
+def reconcile_all(bench: Bench, namespace: str, prefix: str, count: int, *, timeout: float,
+                  quiet: float, quiet_timeout: float = 300.0) -> float:
+    """The common setup: create ``count`` RotatingSecrets ``{prefix}-00000``… (random 32
+    bytes, every 720h) at once, wait until each has its Secret and is Idle at version 1 (else
+    TimeoutError after ``timeout``), then until the operator made no request for ``quiet``
+    seconds (:func:`wait_quiet`). Returns the seconds from the first POST to then (the
+    watches are opened before it)."""
+    secrets = bench.watch_secrets(namespace)
+    ready = bench.watch_rotating(namespace, currentVersion=1)
+    started = time.monotonic()
+    try:
+        create_all(bench.rest, [rotating_secret(f"{prefix}-{i:05d}", namespace)
+                                for i in range(count)])
+        if not (secrets.wait(count, timeout) and ready.wait(count, timeout)):
+            raise TimeoutError(f"setup: {len(ready.reached)} of {count} Idle at version 1")
+    finally:
+        secrets.stop()
+        ready.stop()
+    wait_quiet(bench.audit, quiet=quiet, timeout=quiet_timeout)
+    return time.monotonic() - started
 
 
 # ---- figures -------------------------------------------------------------------------------

@@ -9,77 +9,42 @@ Run: scripts/bench ha_takeover [KILLS]
 
 from __future__ import annotations
 
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
+from cluster import Operator, cluster
 from common import record
 
 from keyrotor.kube import KubeApi, load_client
-from keyrotor.testing.controlplane import ControlPlane, free_port
-from keyrotor.testing.toolchain import repo_root
 from keyrotor.testing.waiting import wait_for
 
 NS, NAME = "default", "bench-ha"
+LEADER = "keyrotor_leader"
 
 
-class Replica:
-    def __init__(self, plane: ControlPlane, identity: str, log: Path) -> None:
-        self.identity, self.port, self.log = identity, free_port(), log
-        self.args = [sys.executable, "-m", "keyrotor", "run", "-n", NS, "--kubeconfig",
-                     str(plane.kubeconfig), "--metrics-port", str(self.port),
-                     "--liveness-port", str(free_port()), "--phase-pause", "1",
-                     "--leader-elect", "--leader-election-namespace", NS,
-                     "--leader-election-identity", identity]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.leader() is not None, timeout=30, what="metrics")
-
-    def leader(self) -> float | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                        timeout=1) as r:
-                text = r.read().decode()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("keyrotor_leader "):
-                return float(line.split()[1])
-        return None
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+def replica(operator: Operator) -> None:
+    """(Re)start one replica and wait until it serves its ``keyrotor_leader`` gauge."""
+    operator.start(watching=None, timeout=30)
+    wait_for(lambda: operator.gauge(LEADER) is not None, timeout=30, what="metrics")
 
 
 def main() -> None:
     kills = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     takeovers, finished = [], []
-    with tempfile.TemporaryDirectory() as tmp, ControlPlane() as plane:
-        plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
-        plane.kubectl("wait", "--for=condition=Established", "crd/rotatingsecrets.keyrotor.io")
-        replicas = {i: Replica(plane, i, Path(tmp) / f"{i}.log") for i in ("a", "b")}
-        replicas["a"].start()
-        wait_for(lambda: replicas["a"].leader() == 1, timeout=30, what="a to lead")
-        replicas["b"].start()
-        api = KubeApi(load_client(str(plane.kubeconfig)))
+    with tempfile.TemporaryDirectory() as tmp, cluster() as b:
+        replicas = {i: Operator(b.plane, Path(tmp) / f"{i}.log", namespaces=(NS,), extra=(
+            "--phase-pause", "1", "--leader-elect", "--leader-election-namespace", NS,
+            "--leader-election-identity", i)) for i in ("a", "b")}
+        api = KubeApi(load_client(str(b.plane.kubeconfig)))
         try:
-            plane.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+            replica(replicas["a"])
+            wait_for(lambda: replicas["a"].gauge(LEADER) == 1, timeout=30, what="a to lead")
+            replica(replicas["b"])
+            b.plane.kubectl("apply", "-f", "-", input=yaml.safe_dump({
                 "apiVersion": "keyrotor.io/v1alpha1", "kind": "RotatingSecret",
                 "metadata": {"name": NAME, "namespace": NS},
                 "spec": {"secretName": NAME, "rotation": {"minOverlap": "1s"},
@@ -91,20 +56,20 @@ def main() -> None:
 
             wait_for(lambda: status().get("currentVersion") == 1, timeout=60)
             for n in range(1, kills + 1):
-                leader = next(r for r in replicas.values() if r.leader() == 1)
+                leader = next(r for r in replicas.values() if r.gauge(LEADER) == 1)
                 standby = next(r for r in replicas.values() if r is not leader)
                 api.annotate_rotating_secret(NS, NAME, "keyrotor.io/rotate", f"ha-{n}")
                 wait_for(lambda n=n: status().get("latestVersion") == n + 1 and status().get(
                     "phase") not in ("Idle", "Generating"), timeout=60, interval=0.05)
                 leader.kill()
                 killed = time.monotonic()
-                wait_for(lambda s=standby: s.leader() == 1, timeout=60, interval=0.05)
+                wait_for(lambda s=standby: s.gauge(LEADER) == 1, timeout=60, interval=0.05)
                 takeovers.append(time.monotonic() - killed)
                 final = wait_for(lambda n=n: (s := status()).get("rotationCount") == n and s,
                                  timeout=120, interval=0.1)
                 assert final["currentVersion"] == n + 1, final
                 finished.append(time.monotonic() - killed)
-                leader.start()
+                replica(leader)
         finally:
             for r in replicas.values():
                 r.stop()

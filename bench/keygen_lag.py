@@ -25,14 +25,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from cluster import (
     SMALL_SCALE,
+    Bench,
     HealthzProbe,
     Operator,
     Sampler,
-    Watcher,
     annotate_all,
     cluster,
     create_all,
@@ -40,8 +42,6 @@ from cluster import (
     mb,
     percentile,
     rotating_secret,
-    rs_path,
-    status_is,
 )
 from common import record
 
@@ -61,6 +61,20 @@ def lag_figures(operator: Operator, probe: HealthzProbe, before: dict[str, float
                  f"{percentile(outside, 99) * 1e3:.0f} ms, max {max(outside) * 1e3:.0f} ms "
                  f"({len(outside)} probes)")
     return text
+
+
+def phase(b: Bench, operator: Operator, selector: str, count: int, timeout: float, what: str,
+          act: Callable[[], object], **status: int) -> tuple[float, float, dict[str, float]]:
+    """Watch the RotatingSecrets labelled ``selector``, run ``act`` and wait until ``count`` of
+    them are Idle with each ``status`` field at least as given. Returns the wall-clock time
+    just before ``act``, the time the last of them got there, and the lag histogram then."""
+    watcher = b.watch_rotating(NS, label_selector=selector, **status)
+    start = time.time()
+    act()
+    end = watcher.reached_all(count, timeout, what, operator.log)
+    lag = operator.series(LAG)
+    watcher.stop()
+    return start, end, lag
 
 
 def main() -> None:
@@ -96,26 +110,14 @@ def main() -> None:
                 bodies = [rotating_secret(name, NS, every=None, labels={
                     "bench/algorithm": slug}, generator={"keyPair": {"algorithm": algorithm}})
                     for name in names]
-                first = Watcher(b.rest, rs_path(NS), label_selector=selector,
-                                predicate=status_is(currentVersion=1))
-                lag0, t0 = operator.series(LAG), time.time()
-                create_all(b.rest, bodies)
-                if not first.wait(k, args.timeout):
-                    raise TimeoutError(f"{algorithm}: {len(first.reached)} of {k} first "
-                                       f"versions; see {operator.log}")
-                t1 = max(first.reached.values())
-                lag1 = operator.series(LAG)
-                first.stop()
-                rotated = Watcher(b.rest, rs_path(NS), label_selector=selector,
-                                  predicate=status_is(rotationCount=1))
-                t2 = time.time()
-                annotate_all(b.rest, NS, names, "keyrotor.io/rotate", "bench")
-                if not rotated.wait(k, args.timeout):
-                    raise TimeoutError(f"{algorithm}: {len(rotated.reached)} of {k} "
-                                       f"rotations; see {operator.log}")
-                t3 = max(rotated.reached.values())
-                lag2 = operator.series(LAG)
-                rotated.stop()
+                lag0 = operator.series(LAG)
+                t0, t1, lag1 = phase(b, operator, selector, k, args.timeout,
+                                     f"{algorithm} first versions",
+                                     partial(create_all, b.rest, bodies), currentVersion=1)
+                t2, t3, lag2 = phase(b, operator, selector, k, args.timeout,
+                                     f"{algorithm} rotations",
+                                     partial(annotate_all, b.rest, NS, names,
+                                             "keyrotor.io/rotate", "bench"), rotationCount=1)
                 cpu = sampler.cpu_between(t0, t3)
                 lines += [
                     f"- **{algorithm}**: {k} first versions in {t1 - t0:.1f} s "

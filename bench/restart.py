@@ -22,22 +22,17 @@ from pathlib import Path
 
 from cluster import (
     CROSS_NOTE,
-    MANAGED,
     SMALL_SCALE,
     MetricsWindow,
     Operator,
     Sampler,
-    Watcher,
     by_key,
     cluster,
-    create_all,
     mb,
     peak_rate,
     read_proc,
+    reconcile_all,
     request_table,
-    rotating_secret,
-    rs_path,
-    status_is,
     wait_quiet,
     writes,
 )
@@ -66,19 +61,10 @@ def main() -> None:
         second = Operator(b.plane, Path(tmp) / "second.log", namespaces=(NS,))
         try:
             first.start()
-            secrets = Watcher(b.rest, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED)
-            ready = Watcher(b.rest, rs_path(NS), predicate=status_is(currentVersion=1))
-            setup = time.monotonic()
-            create_all(b.rest, [rotating_secret(f"restart-{i:05d}", NS) for i in range(n)])
-            if not (secrets.wait(n, args.timeout) and ready.wait(n, args.timeout)):
-                raise TimeoutError(f"setup: {len(ready.reached)} of {n} Idle at version 1")
-            wait_quiet(b.audit, quiet=3)
-            setup_s = time.monotonic() - setup
+            setup_s = reconcile_all(b, NS, "restart", n, timeout=args.timeout, quiet=3)
             first_sample = read_proc(first.pid)
             first_rss = first_sample.rss if first_sample else 0
             first.stop()
-            secrets.stop()
-            ready.stop()
 
             window, mark = MetricsWindow(b.rest), b.audit.mark()
             started = time.time()

@@ -24,15 +24,12 @@ from cluster import (
     Key,
     MetricsWindow,
     Operator,
-    Watcher,
     annotate_all,
     by_key,
     cluster,
     create_all,
     request_table,
     rotating_secret,
-    rs_path,
-    status_is,
     wait_quiet,
     writes,
 )
@@ -88,21 +85,19 @@ def main() -> None:
         try:
             operator.start()
             mark = b.audit.mark()
-            ready = Watcher(b.rest, rs_path(NS), predicate=status_is(currentVersion=1))
+            ready = b.watch_rotating(NS, currentVersion=1)
             create_all(b.rest, [body])
-            if not ready.wait(1, 120):
-                raise TimeoutError(f"no version 1; see {operator.log}")
+            ready.reached_all(1, 120, "at version 1", operator.log)
             wait_quiet(b.audit, quiet=3)
             first = by_key(b.audit.since(mark))
             ready.stop()
             for n in range(1, args.rotations + 1):
-                done = Watcher(b.rest, rs_path(NS), predicate=status_is(rotationCount=n))
+                done = b.watch_rotating(NS, rotationCount=n)
                 window, mark, hits = MetricsWindow(b.rest), b.audit.mark(), consumer.hits
                 started = time.time()
                 annotate_all(b.rest, NS, [NAME], "keyrotor.io/rotate", f"bench-{n}")
-                if not done.wait(1, 300):
-                    raise TimeoutError(f"rotation {n} did not finish; see {operator.log}")
-                durations.append(done.reached[NAME] - started)
+                durations.append(done.reached_all(1, 300, f"finished rotation {n}",
+                                                  operator.log) - started)
                 wait_quiet(b.audit, quiet=3)
                 done.stop()
                 per_rotation.append(by_key(b.audit.since(mark)))

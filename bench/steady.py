@@ -17,20 +17,14 @@ import time
 from pathlib import Path
 
 from cluster import (
-    MANAGED,
     SMALL_SCALE,
     Operator,
     Sampler,
-    Watcher,
     by_key,
     cluster,
-    create_all,
     mb,
+    reconcile_all,
     request_table,
-    rotating_secret,
-    rs_path,
-    status_is,
-    wait_quiet,
     writes,
 )
 from common import record
@@ -50,16 +44,8 @@ def main() -> None:
         operator = Operator(b.plane, Path(tmp) / "operator.log", namespaces=(NS,))
         try:
             operator.start()
-            secrets = Watcher(b.rest, f"/api/v1/namespaces/{NS}/secrets", label_selector=MANAGED)
-            ready = Watcher(b.rest, rs_path(NS), predicate=status_is(currentVersion=1))
-            setup = time.monotonic()
-            create_all(b.rest, [rotating_secret(f"steady-{i:05d}", NS) for i in range(n)])
-            if not (secrets.wait(n, args.timeout) and ready.wait(n, args.timeout)):
-                raise TimeoutError(f"setup: {len(ready.reached)} of {n} Idle at version 1")
-            secrets.stop()
-            ready.stop()
-            wait_quiet(b.audit, quiet=5, timeout=args.timeout)
-            setup_s = time.monotonic() - setup
+            setup_s = reconcile_all(b, NS, "steady", n, timeout=args.timeout, quiet=5,
+                                    quiet_timeout=args.timeout)
             mark = b.audit.mark()
             started = time.time()
             sampler = Sampler(operator.pid, args.interval)
