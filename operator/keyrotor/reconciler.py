@@ -52,7 +52,7 @@ from keyrotor.engine.model import (
     Stage,
     Step,
 )
-from keyrotor.engine.rotation import SETTLED, probe_due, published, repair, step
+from keyrotor.engine.rotation import SETTLED, drifted, probe_due, published, repair, step
 from keyrotor.engine.schedule import next_rotation_time
 from keyrotor.errors import (
     Conflict,
@@ -317,14 +317,7 @@ class Reconciler:
         check_owner(secret, owner, secret_name)
         held, problems = inspect(secret, owner, secret_name)
         want = published(state)
-        # A Secret ahead of its status is a step that a crash interrupted before the status
-        # write (the replay finishes it): a version allocated next, a promotion, a revocation.
-        # Drift is what no replay explains: no intact current, a version the status needs
-        # (current, a staged next) gone, or a version the status never allocated.
-        kept = set(held.values())
-        allowed = {state.current, state.next, state.previous, state.latest, state.latest + 1}
-        if "current" not in held or kept - allowed or any(
-                v not in kept for slot, v in want.items() if slot != "previous"):
+        if drifted(state, held):  # the engine's call: a Secret ahead of its status is not
             shown = ", ".join(f"{slot} {v}" for slot, v in held.items()) or "none"
             problems.append(f"it holds versions ({shown}) where the status says (" + ", ".join(
                 f"{slot} {v}" for slot, v in want.items()) + ")")

@@ -67,6 +67,19 @@ def published(state: RotationState) -> dict[str, int]:
     return {slot: version for slot, version in held.items() if version is not None}
 
 
+def drifted(state: RotationState, held: dict[str, int]) -> bool:
+    """Whether a Secret holding intact ``held`` (slot -> version) has drifted from ``state``.
+
+    A Secret ahead of its status is a step that a kill interrupted before the status write (a
+    version allocated and staged, a promotion, a revocation): the replay finishes it, so that
+    is no drift. Drift is what no replay explains: no intact current, a version the status
+    needs (current, a staged next) gone, or a version the status never allocated."""
+    kept = set(held.values())
+    allowed = {state.current, state.next, state.previous, state.latest, state.latest + 1}
+    return "current" not in held or bool(kept - allowed) or any(
+        v not in kept for slot, v in published(state).items() if slot != "previous")
+
+
 def repair(state: RotationState, *, now: datetime.datetime, held: dict[str, int],
            recoverable: bool, found: str) -> Step:
     """The Secret drifted from ``state``: it holds intact only ``held`` (slot -> version;
