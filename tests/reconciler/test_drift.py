@@ -272,3 +272,65 @@ async def test_a_secret_ahead_of_its_status_after_a_crash_is_no_drift() -> None:
     assert w.api.status("k")["currentVersion"] == 2 and crashes >= 3
     assert drift_events(w.api) == []
     assert len(staged - {None}) == 1  # version 2's material made once
+
+
+async def test_watch_resumes_from_its_resource_version_and_relists_on_410() -> None:
+    """A watch that ends resumes from the last resourceVersion seen (bookmarks included); an
+    expired one (410) lists again, and what went away in the gap wakes its owner."""
+    import asyncio
+    import json as jsonlib
+    import threading
+
+    from keyrotor.secretwatch import SecretWatch
+
+    labels = {"keyrotor.io/rotatingsecret": "a"}
+    lists = [[{"name": "a", "namespace": NS, "resourceVersion": "1", "labels": labels},
+              {"name": "b", "namespace": NS, "resourceVersion": "2",
+               "labels": {"keyrotor.io/rotatingsecret": "b"}}],
+             [{"name": "a", "namespace": NS, "resourceVersion": "1", "labels": labels}]]
+    watches = [
+        [{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "5"}}}],
+        [{"type": "ERROR", "object": {"code": 410, "message": "too old"}}],
+    ]
+    asked: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    class Response:
+        def __init__(self, body: bytes) -> None:
+            self.data = body
+
+        def stream(self, amt: int, decode_content: bool) -> Any:
+            if not self.data:
+                done.wait(5)  # the last watch: idle until the test ends
+            yield self.data
+
+        def release_conn(self) -> None:
+            pass
+
+    class Core:
+        def list_namespaced_secret(self, namespace: str, **kwargs: Any) -> Response:
+            asked.append(kwargs)
+            if kwargs.get("watch"):
+                lines = watches.pop(0) if watches else []
+                return Response(b"".join(jsonlib.dumps(e).encode() + b"\n" for e in lines))
+            items = lists.pop(0)
+            return Response(jsonlib.dumps({"items": [{"metadata": m} for m in items],
+                                           "metadata": {"resourceVersion": "3"}}).encode())
+
+    woken: list[tuple[str, str]] = []
+    cache = SecretCache(wake=woken.append)
+    watch = SecretWatch(cache, Core(), (NS,))
+    watch.start(asyncio.get_running_loop())
+    try:
+        for _ in range(200):
+            if woken:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        watch.stop()
+        done.set()
+        await asyncio.to_thread(watch._threads[0].join, 5)
+    assert [(a.get("watch"), a.get("resource_version")) for a in asked[:4]] == [
+        (None, None), (True, "3"), (True, "5"), (None, None)]
+    assert woken == [(NS, "b")]  # gone while the watch was away
+    assert set(cache.views) == {(NS, "a")}
