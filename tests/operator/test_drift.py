@@ -1,7 +1,8 @@
 """A Secret deleted or edited by hand, against the real control plane: the operator's
 metadata-only Secret watch notices within seconds, the Secret comes back with a working current
-version (a new number: random material cannot be recovered), the status shows Degraded
-SecretDrift and then recovers, and one Warning event says what was found and done."""
+version (a new number: random material cannot be recovered; the same one where Vault holds it),
+the status shows Degraded SecretDrift and then recovers, and one Warning event says what was
+found and done."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from keyrotor.kube import KubeApi
 from keyrotor.publishing.secret import decode
 from keyrotor.secretwatch import SecretCache, SecretWatch, _request
 from keyrotor.testing.controlplane import ControlPlane
+from keyrotor.testing.vaultserver import VaultServer
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
 from tests.operator.helpers import condition, events_of, wait_status
@@ -147,3 +149,36 @@ def test_the_watch_receives_metadata_only(kube: client.ApiClient, namespace: str
         assert time.monotonic() - started < 5
 
     asyncio.run(watch_and_delete())
+
+
+def test_deleted_secret_is_republished_from_vault(
+        control_plane: ControlPlane, kapi: KubeApi, namespace: str, vault: VaultServer,
+        operator: OperatorProcess) -> None:
+    """Where the backend still holds the version (Vault KV), the same version comes back with
+    the same value: no new version, one Warning saying it was re-published."""
+    path = f"drift/{namespace}"
+    control_plane.kubectl("create", "secret", "generic", "vault-token", "-n", namespace,
+                          f"--from-literal=token={vault.root_token}")
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
+        "kv-drift", generator={"vault": {"address": vault.address, "kv": {"path": path},
+                                         "auth": {"tokenSecretRef": {"name": "vault-token"}}}}))
+    wait_status(kapi, namespace, "kv-drift", lambda s: s.get("currentVersion") == 1 and
+                condition(s, "Degraded").get("status") == "False", what="version 1")
+    before = kapi.get_secret(namespace, "kv-drift")
+    remember_secret(before)
+    assert before is not None
+    started = time.monotonic()
+    control_plane.kubectl("delete", "secret", "kv-drift", "-n", namespace)
+    drifted, took = _drift_seen_then_recovered(kapi, namespace, "kv-drift", started)
+    print(f"deleted Secret re-published from Vault, Degraded cleared after {took:.1f}s")
+    status = (kapi.get_rotating_secret(namespace, "kv-drift") or {})["status"]
+    assert status["currentVersion"] == status["latestVersion"] == 1
+    after = kapi.get_secret(namespace, "kv-drift")
+    assert after is not None
+    assert after["data"]["current"] == before["data"]["current"]
+    got = vault.client().secrets.kv.v2.read_secret_version(path, version=1,
+                                                           raise_on_deleted_version=True)
+    assert base64.b64decode(after["data"]["current"]).decode() == got["data"]["data"]["value"]
+    message = _one_drift_warning(kapi, namespace, "kv-drift")
+    assert "was deleted" in message and "re-published versions (current 1)" in message
+    assert "re-published" in condition(drifted, "Degraded")["message"]
