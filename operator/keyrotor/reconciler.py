@@ -503,6 +503,8 @@ class Reconciler:
             # the version under rotation: the same step always gets the same name.
             key = f"{name[:200]}.{meta['uid'][:8]}.{event.reason.lower()}.v{state.latest}" \
                 if event.once_per_version else None
+            if key and event.once_per_phase:
+                key += f".{str(state.phase).lower()}"
             await asyncio.to_thread(self.api.post_event, body, type=event.type,
                                     reason=event.reason, message=event.message, name=key)
 

@@ -273,7 +273,14 @@ class Event:
     def once_per_version(self) -> bool:
         """A step of a rotation (posted exactly once, under a name derived from the version),
         rather than news that may repeat (a consumer failing again)."""
-        return self.reason in TRANSITIONS or self.reason == "ConsumerFailing"
+        return self.reason in TRANSITIONS or self.once_per_phase
+
+    @property
+    def once_per_phase(self) -> bool:
+        """Consumers failing: one Warning per version and phase (acceptance, retirement), not
+        one per flap of a flapping consumer, nor one for the whole rotation (the retirement
+        check failing is news after the acceptors failed)."""
+        return self.reason == "ConsumerFailing"
 
 
 @dataclass(frozen=True)
