@@ -504,7 +504,7 @@ class Reconciler:
             key = f"{name[:200]}.{meta['uid'][:8]}.{event.reason.lower()}.v{state.latest}" \
                 if event.once_per_version else None
             if key and event.once_per_phase:
-                key += f".{str(state.phase).lower()}"
+                key += f".{state.stage}"
             await asyncio.to_thread(self.api.post_event, body, type=event.type,
                                     reason=event.reason, message=event.message, name=key)
 

@@ -277,7 +277,7 @@ class Event:
 
     @property
     def once_per_phase(self) -> bool:
-        """Consumers failing: one Warning per version and phase (acceptance, retirement), not
+        """Consumers failing: one Warning per version and stage (acceptance, retirement), not
         one per flap of a flapping consumer, nor one for the whole rotation (the retirement
         check failing is news after the acceptors failed)."""
         return self.reason == "ConsumerFailing"
