@@ -69,7 +69,7 @@ def test_first_version_is_issued(control_plane: ControlPlane, kapi: KubeApi, nam
     assert set(secret["data"]) == {"current", "fingerprint.key", "versions.json"}
     # Events are posted after the status write they describe: wait for them, then compare.
     reasons = wait_reasons(kapi, namespace, "first", lambda r: "Issued" in r)
-    assert reasons == ["RotationStarted", "Issued"]
+    assert reasons == ["Issued"]  # one event for a new object
     health = json.loads(operator.fetch(f"http://127.0.0.1:{operator.liveness_port}/healthz"))
     assert health == {"status": "ok", "role": "single"}  # no leader election asked for
     assert operator.metric("keyrotor_build_info", version="0.1.0") == 1

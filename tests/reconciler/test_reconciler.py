@@ -80,15 +80,15 @@ def idle_at(version: int) -> Callable[[dict[str, Any]], bool]:
     return lambda s: s.get("currentVersion") == version and s.get("phase") == "Idle"
 
 
-async def test_first_version_costs_two_writes() -> None:
+async def test_first_version_costs_two_writes_and_one_event() -> None:
     api, clock = FakeApi(), Clock()
     api.add("k", TWO_KEYS)
     status = await run(reconciler(api, clock), clock, "k", idle_at(1))
     assert status["latestVersion"] == 1
     # One chain of steps (Idle, Generating, issue, Idle): the Secret, then one status write.
     assert dict(api.writes) == {"create secrets": 1, "patch rotatingsecrets/status": 1,
-                                "create events": 2}
-    assert api.reasons() == ["RotationStarted", "Issued"]
+                                "create events": 1}
+    assert api.reasons() == ["Issued"]
 
 
 async def test_full_rotation_writes_only_what_readers_need() -> None:

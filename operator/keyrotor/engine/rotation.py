@@ -192,9 +192,12 @@ def _idle(spec: RotationSpec, state: RotationState, now: datetime.datetime,
         last_trigger=trigger if verdict.reason == "ManualTrigger" else state.last_trigger,
         message=f"generating version {version}: {verdict.message}",
     )
-    what = "issuing the first version" if state.current is None else "rotation started"
+    if state.current is None:
+        # The first version: its Issued event says it all (one event per new object, not two:
+        # at 10,000 objects that is 10,000 requests fewer).
+        return Step(started)
     return Step(started, events=(Event("Normal", "RotationStarted",
-                                       f"{what} ({verdict.reason}): version {version}"),))
+                                       f"rotation started ({verdict.reason}): version {version}"),))
 
 
 def _generate(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:
