@@ -20,7 +20,7 @@ from keyrotor.kube import KubeApi
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.toolchain import repo_root
 from tests.conftest import api_client
-from tests.operator.conftest import OperatorProcess, _scan_for_leaks, crds, kapi, operator
+from tests.operator.conftest import OperatorProcess, crds, kapi, operator, scanned_operator
 
 __all__ = ["crds", "kapi", "operator"]
 
@@ -71,12 +71,6 @@ def fault_namespace(fault_plane: ControlPlane, fault_kube: client.ApiClient) -> 
 @pytest.fixture
 def fault_operator(fault_plane: ControlPlane, fault_namespace: str,
                    tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig=fault_plane.kubeconfig, namespace=fault_namespace,
-                           log_path=tmp_path / "operator.log")
-    proc.start()
-    yield proc
-    metrics_text = proc.metrics()
-    proc.stop()
-    print(f"---- operator log ({proc.log_path}) ----\n{proc.log_text()[-20000:]}")
-    _heal(fault_plane)
-    _scan_for_leaks(fault_plane, fault_namespace, proc.log_text(), metrics_text)
+    with scanned_operator(fault_plane, fault_namespace, tmp_path,
+                          before_scan=lambda: _heal(fault_plane)) as proc:
+        yield proc

@@ -38,7 +38,7 @@ from keyrotor.testing.controlplane import ControlPlane, free_port
 from keyrotor.testing.prometheusserver import PrometheusServer
 from keyrotor.testing.waiting import wait_for
 from monitoring import alerts, dashboard
-from tests.operator.conftest import OperatorProcess, _scan_for_leaks, rotating_secret
+from tests.operator.conftest import OperatorProcess, rotating_secret, scanned_operator
 from tests.operator.helpers import answers
 from tests.operator.test_zero_downtime import Fleet
 
@@ -49,16 +49,9 @@ RATE_INTERVAL, RANGE = "1m", "10m"
 def elected_operator(control_plane: ControlPlane, crds: None, namespace: str,
                      tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator as the chart runs it: with --leader-elect (its Lease in the namespace)."""
-    proc = OperatorProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
-                           log_path=tmp_path / "operator.log",
-                           extra_args=["--leader-elect", "--leader-election-namespace",
-                                       namespace])
-    proc.start()
-    yield proc
-    metrics_text = proc.metrics()
-    proc.stop()
-    print(f"---- operator log ({proc.log_path}) ----\n{proc.log_text()[-20000:]}")
-    _scan_for_leaks(control_plane, namespace, proc.log_text(), metrics_text)
+    with scanned_operator(control_plane, namespace, tmp_path, extra_args=[
+            "--leader-elect", "--leader-election-namespace", namespace]) as proc:
+        yield proc
 
 
 @pytest.fixture

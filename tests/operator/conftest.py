@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,17 +109,30 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def operator(control_plane: ControlPlane, crds: None, namespace: str,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
-                           log_path=tmp_path / "operator.log")
+@contextlib.contextmanager
+def scanned_operator(plane: ControlPlane, namespace: str, tmp_path: Path, *,
+                     extra_args: Sequence[str] = (),
+                     before_scan: Callable[[], None] | None = None,
+                     ) -> Iterator[OperatorProcess]:
+    """An operator process for one test; afterwards its log is printed and everything it
+    produced is scanned for secret material. For fixtures (whose teardown always runs)."""
+    proc = OperatorProcess(kubeconfig=plane.kubeconfig, namespace=namespace,
+                           log_path=tmp_path / "operator.log", extra_args=list(extra_args))
     proc.start()
     yield proc
     metrics_text = proc.metrics()
     proc.stop()
     print(f"---- operator log ({proc.log_path}) ----\n{proc.log_text()[-20000:]}")
-    _scan_for_leaks(control_plane, namespace, proc.log_text(), metrics_text)
+    if before_scan is not None:
+        before_scan()
+    _scan_for_leaks(plane, namespace, proc.log_text(), metrics_text)
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, crds: None, namespace: str,
+             tmp_path: Path) -> Iterator[OperatorProcess]:
+    with scanned_operator(control_plane, namespace, tmp_path) as proc:
+        yield proc
 
 
 def remember_secret(secret: dict[str, Any] | None) -> None:
