@@ -26,7 +26,7 @@ from typing import Any
 import kopf
 
 from keyrotor import metrics
-from keyrotor.kube import GROUP, PLURAL, VERSION, KubeApi, load_client
+from keyrotor.kube import GROUP, PLURAL, VERSION, KubeApi
 from keyrotor.publishing.secret import Owner
 from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
 from keyrotor.restarts import DEFAULT_WINDOW, Restarter
@@ -71,10 +71,8 @@ class Shared:
             self.scheduler.wake(key)
 
     def start_secret_watch(self) -> None:
-        from kubernetes import client
-
         patterns = any(c in n for n in self.namespaces for c in "*?[!")
-        self.secret_watch = SecretWatch(self.secrets, client.CoreV1Api(load_client()),
+        self.secret_watch = SecretWatch(self.secrets, self.api.core,
                                         () if patterns else self.namespaces)
         self.secret_watch.start(asyncio.get_running_loop())
 
@@ -83,10 +81,11 @@ class Shared:
             self.secret_watch.stop()
 
     @classmethod
-    def create(cls, *, phase_pause: float = 0.0, namespaces: Sequence[str] = (),
-               workers: int = 16, restart_window: float = DEFAULT_WINDOW,
-               shard: str | None = None, other_shards: Sequence[str] = ()) -> Shared:
-        api = KubeApi(load_client(pool_size=workers))
+    def create(cls, api_client: Any, *, phase_pause: float = 0.0,
+               namespaces: Sequence[str] = (), workers: int = 16,
+               restart_window: float = DEFAULT_WINDOW, shard: str | None = None,
+               other_shards: Sequence[str] = ()) -> Shared:
+        api = KubeApi(api_client)
         return cls(api=api, restarter=Restarter(api, window=restart_window),
                    phase_pause=phase_pause, namespaces=tuple(namespaces), workers=workers,
                    shard=shard, other_shards=frozenset(other_shards))

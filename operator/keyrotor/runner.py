@@ -92,12 +92,15 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
     site = await health.serve(liveness_port) if liveness_port else None
     stop = stop_flag or asyncio.Event()
     stopping: list[Callable[[], Awaitable[None]]] = []
+    # One API client for the whole process: a connection per reconcile worker, and a few
+    # more for the Lease, the permission check and the Secret watch.
+    api_client = load_client(pool_size=workers + 4)
     try:
         elector = None
         if lease is not None:
             from keyrotor.leadership import KubeLeases
 
-            elector = LeaderElector(KubeLeases(load_client()), lease)
+            elector = LeaderElector(KubeLeases(api_client), lease)
             health.ready, health.role = True, "standby"  # ready: it serves by waiting
             if not await _until_stopped(elector.acquire(), stop):
                 return 0
@@ -106,10 +109,10 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             metrics.LEADER.set(1)
             health.role = "single"
 
-        lacking = await asyncio.to_thread(permissions.missing, load_client(), namespaces)
+        lacking = await asyncio.to_thread(permissions.missing, api_client, namespaces)
         permissions.report(lacking)
         shared = handlers.Shared.create(
-            phase_pause=phase_pause, namespaces=namespaces, workers=workers,
+            api_client, phase_pause=phase_pause, namespaces=namespaces, workers=workers,
             shard=shard, other_shards=other_shards,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
@@ -134,8 +137,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             await shared.scheduler.stop()
             stop.set()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(operator), timeout=lease.renew_deadline
-                                       if lease else 5.0)
+                await asyncio.wait_for(asyncio.shield(operator),
+                                       timeout=elector.config.renew_deadline)
             return LOST_LEADERSHIP_EXIT
         holder.cancel()
         await asyncio.gather(holder, return_exceptions=True)
