@@ -33,6 +33,7 @@ class Reason(StrEnum):
     CONFLICT = "Conflict"
     API_UNAVAILABLE = "ApiUnavailable"
     INTERNAL_ERROR = "InternalError"
+    AUDIT_UNAVAILABLE = "AuditUnavailable"
 
 
 class KeyrotorError(Exception):
@@ -98,3 +99,10 @@ class InternalError(TemporaryError):
     """An unexpected exception, wrapped so it is reported and backed off like any other."""
 
     reason = Reason.INTERNAL_ERROR
+
+
+class AuditUnavailable(TemporaryError):
+    """No audit sink took the entry: the action it describes is not taken (fail-closed, as
+    Vault's audit devices are) until a sink can be written again."""
+
+    reason = Reason.AUDIT_UNAVAILABLE

@@ -91,10 +91,37 @@ class KubeApi:
     """The calls keyrotor makes, on dicts. Raises :class:`Conflict` on HTTP 409."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        self.client = api
         # Typed as Any: keyrotor passes plain dicts where the generated stubs expect models.
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
         self.apps: Any = client.AppsV1Api(api)
+
+    # ---- any resource ------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: Any = None,
+                params: dict[str, str] | None = None, verb: str | None = None,
+                resource: str = "", namespace: str | None = None,
+                content_type: str = "application/json") -> dict[str, Any] | None:
+        """One call on a path such as ``/api/v1/namespaces/NS/configmaps/NAME``: the answer
+        as a dict, or None on 404. Errors map like every other call (409 → Conflict, 403 →
+        PermissionDenied naming ``verb`` and ``resource``, 429/5xx → ApiUnavailable). For
+        PATCH pass ``content_type`` (``application/merge-patch+json`` etc.)."""
+        try:
+            with _call(verb or method.lower(), resource or path, namespace):
+                call = self.client.param_serialize(
+                    method.upper(), path, query_params=list((params or {}).items()),
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body, auth_settings=["BearerToken"])
+                response = self.client.call_api(*call, _request_timeout=TIMEOUT)
+                response.read()  # type: ignore[no-untyped-call]
+                if not 200 <= response.status < 300:
+                    raise ApiException(http_resp=response)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _json(response)
 
     # ---- RotatingSecrets -------------------------------------------------------------------
 
