@@ -30,17 +30,19 @@ import base64
 import datetime
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keyrotor import metrics
+from keyrotor import metrics, provenance
 from keyrotor import status as status_io
 from keyrotor.backends import Context
 from keyrotor.engine.model import (
     Activate,
+    Approval,
     ConsumerResult,
     Effect,
+    EmergencyRevoke,
     Event,
     Issue,
     Phase,
@@ -52,7 +54,15 @@ from keyrotor.engine.model import (
     Stage,
     Step,
 )
-from keyrotor.engine.rotation import SETTLED, drifted, probe_due, published, repair, step
+from keyrotor.engine.rotation import (
+    SETTLED,
+    approve,
+    drifted,
+    probe_due,
+    published,
+    repair,
+    step,
+)
 from keyrotor.engine.schedule import next_rotation_time
 from keyrotor.errors import (
     Conflict,
@@ -73,6 +83,7 @@ from keyrotor.targets import from_spec as target_from_spec
 
 log = logging.getLogger("keyrotor.reconciler")
 TRIGGER_ANNOTATION = "keyrotor.io/rotate"
+REQUEST_ANNOTATION = "keyrotor.io/revoke-now"  # an emergency revocation request's id
 ERROR_RETRY = 30.0
 ERROR_BACKOFF = (5.0, 300.0)  # first retry, ceiling: doubling in between
 
@@ -87,6 +98,30 @@ class Api(Protocol):
     def write_secret(self, body: dict[str, Any], *, create: bool) -> str | None: ...
     def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str,
                    name: str | None = None) -> None: ...
+
+
+class Audit(Protocol):
+    """The audit trail (:class:`keyrotor.audit.AuditLog`): raises ``AuditUnavailable`` when
+    no sink took the line, and then the action is not taken. Blocking."""
+
+    def record(self, *, action: str, actor: str, namespace: str, name: str, uid: str = "",
+               versions: Mapping[str, int] | None = None,
+               fingerprints: Mapping[str, str] | None = None,
+               detail: Mapping[str, Any] | None = None, key: str | None = None) -> None: ...
+
+
+class Judged(Protocol):
+    approver: str
+    ok: bool
+    reason: str
+    message: str
+
+
+class ApprovalJudge(Protocol):
+    """Judges and consumes the TOTP approvals of an emergency revocation request
+    (:class:`keyrotor.approvals.Approvers`). Blocking."""
+
+    def judge(self, namespace: str, rotating_secret: str, request: str) -> list[Any]: ...
 
 
 Prober = Callable[[list[Probe], dict[str, str]], Any]
@@ -158,6 +193,10 @@ class Reconciler:
     pausing: bool = False
     # The Secret watch's view, shared by every reconciler (None: no drift check but SlotError).
     secrets: SecretCache | None = None
+    # The audit trail (None: not audited, e.g. the reconciler tier's tests).
+    audit: Audit | None = None
+    # Judges emergency revocation approvals (None: revoke-now requests are ignored).
+    approvals: ApprovalJudge | None = None
 
     async def reconcile(self, namespace: str, name: str,
                         body: dict[str, Any] | None = None) -> float:
@@ -224,9 +263,32 @@ class Reconciler:
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"],
                       garbage_collected=spec.get("deletionPolicy") == "Delete")
         state = self._state_of(body)
-        trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
+        annotations = meta.get("annotations") or {}
+        trigger = annotations.get(TRIGGER_ANNOTATION)
         now = self.clock()
         secret_name = spec["secretName"]
+        if state.current is not None and meta.get("generation") != \
+                (body.get("status") or {}).get("observedGeneration"):
+            await self._audit_config(body)
+
+        request = annotations.get(REQUEST_ANNOTATION)
+        expires = None
+        if request and self.approvals is not None and state.phase != Phase.EMERGENCY and (
+                state.emergency_request != request or state.emergency_result is None):
+            judged = tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in
+                           await asyncio.to_thread(self.approvals.judge, namespace, name,
+                                                   request))
+            asked = approve(rspec, state, now=now, request=request, judged=judged)
+            if asked.state != state or asked.events:
+                await asyncio.to_thread(self._audit_approvals, body, request, judged)
+                await asyncio.to_thread(self._audit_step, body, state, asked, None, None)
+                await self._announce(body, asked.state, asked.events)
+                await self._persist(body, asked.state, now=now, error=None,
+                                    next_rotation=None)
+                metrics.observe_state(namespace, name, asked.state, next_rotation=None,
+                                      degraded=False)
+                return 0.0 if asked.state.phase == Phase.EMERGENCY else 0.5
+            expires = asked.requeue_after or None
 
         if self.secrets is not None and state.phase in SETTLED and state.current is not None \
                 and self.secrets.suspect((namespace, secret_name), published(state)):
@@ -259,10 +321,15 @@ class Reconciler:
                                                           spec["secretName"]))
                 held = {slot: v.version for slot, v in slots.filled().items()}
             result = step(rspec, state, now=now, trigger=trigger, probe=probe, held=held)
+            # Audited before it is carried out (fail-closed): with an effect, from inside the
+            # publish, once the new Secret (and so its fingerprints) is rendered but not written.
+            audited = self._audit_step_later(body, state, result)
+            if result.effect is None:
+                await asyncio.to_thread(audited, None, None)
             if result.effect is not None:
                 try:
                     await asyncio.to_thread(self._publish, result.effect, secret_name, owner,
-                                            generator, target)
+                                            generator, target, audited)
                 except SlotError:
                     # No current version to apply it to: judge the Secret, then repair it.
                     drift = await asyncio.to_thread(self._judge, secret_name, owner, state)
@@ -295,7 +362,81 @@ class Reconciler:
         if result.state.phase != state.phase and self.phase_pause:
             self.pausing = result.requeue_after <= self.phase_pause
             return max(result.requeue_after, self.phase_pause)
+        if expires is not None:  # an emergency request expires then, if nothing else wakes it
+            return min(result.requeue_after, expires) if result.requeue_after else expires
         return result.requeue_after
+
+    # ---- audit -------------------------------------------------------------------------------
+
+    def _audit_step_later(self, body: dict[str, Any], before: RotationState,
+                          result: Step) -> Callable[[dict[str, Any] | None,
+                                                     dict[str, Any] | None], None]:
+        def record(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            self._audit_step(body, before, result, old, new)
+        return record
+
+    def _audit_step(self, body: dict[str, Any], before: RotationState, result: Step,
+                    old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """One audit line per event of ``result`` that the trail records. Blocking."""
+        if self.audit is None:
+            return
+        meta = body["metadata"]
+        state = result.state
+        for event in result.events:
+            action = provenance.ACTIONS.get(event.reason)
+            if action is None or action in provenance.APPROVAL_ACTIONS:
+                continue  # approvals: recorded with their approver by _audit_approvals
+            actor = provenance.OPERATOR
+            detail: dict[str, Any] = {"message": event.message}
+            if event.reason == "RotationStarted" and state.last_trigger != before.last_trigger:
+                manager = provenance.manager_of(meta, "metadata", "annotations",
+                                                TRIGGER_ANNOTATION)
+                actor = f"manager:{manager}" if manager else "unknown"
+                self.audit.record(action="trigger.manual", actor=actor,
+                                  namespace=meta["namespace"], name=meta["name"],
+                                  uid=meta.get("uid", ""), detail={"trigger": state.last_trigger},
+                                  key=f"{meta.get('uid')}/trigger.manual/v{state.latest}")
+            if event.reason.startswith("Emergency") and state.approved_by:
+                actor = "approvers:" + ",".join(state.approved_by)
+            versions = {slot: v for slot, v in (("current", state.current),
+                                               ("previous", state.previous),
+                                               ("next", state.next)) if v is not None}
+            if state.revoking:
+                detail["revoking"] = list(state.revoking)
+            once = event.once_per_version
+            self.audit.record(
+                action=action, actor=actor, namespace=meta["namespace"], name=meta["name"],
+                uid=meta.get("uid", ""), versions=versions,
+                fingerprints=provenance.fingerprints(old, new), detail=detail,
+                key=f"{meta.get('uid')}/{action}/v{state.latest}" if once else None)
+
+    def _audit_approvals(self, body: dict[str, Any], request: str,
+                         judged: tuple[Approval, ...]) -> None:
+        """Each judged approval, accepted or not, under its approver's name. Blocking."""
+        if self.audit is None:
+            return
+        meta = body["metadata"]
+        for a in judged:
+            action = ("approval.accepted" if a.ok else
+                      "approver.locked" if a.reason == "LockedOut" else "approval.rejected")
+            self.audit.record(action=action, actor=f"approver:{a.approver}",
+                              namespace=meta["namespace"], name=meta["name"],
+                              uid=meta.get("uid", ""),
+                              detail={"request": request, "reason": a.reason,
+                                      "message": a.message})
+
+    async def _audit_config(self, body: dict[str, Any]) -> None:
+        """A spec change (a new generation) on record, with the manager that made it."""
+        if self.audit is None:
+            return
+        meta = body["metadata"]
+        manager = provenance.manager_of(meta, "spec")
+        await asyncio.to_thread(
+            self.audit.record, action=provenance.CONFIG_CHANGED,
+            actor=f"manager:{manager}" if manager else "unknown",
+            namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
+            detail={"generation": meta.get("generation")},
+            key=f"{meta.get('uid')}/config/{meta.get('generation')}")
 
     @property
     def busy(self) -> bool:
@@ -405,7 +546,9 @@ class Reconciler:
         return read
 
     def _publish(self, effect: Effect, secret_name: str, owner: Owner,
-                 generator: Generator, target: Target | None) -> None:
+                 generator: Generator, target: Target | None,
+                 audited: Callable[[dict[str, Any] | None, dict[str, Any] | None], None]
+                 | None = None) -> None:
         def make(version: int) -> Material:
             material = generator.generate(version)
             if target is None:
@@ -413,7 +556,7 @@ class Reconciler:
             material = target.describe(version, material)
             # Issue and Stage need the target to accept the version before any consumer
             # sees it; OneKey's PromoteTo hands it to presenters first (Activate swaps later).
-            if isinstance(effect, (Issue, Stage)) or (
+            if isinstance(effect, (Issue, Stage, EmergencyRevoke)) or (
                     isinstance(effect, Republish) and version == effect.fresh):
                 target.activate(version, material)
             return material
@@ -421,6 +564,9 @@ class Reconciler:
         for _ in range(5):
             current = self.api.get_secret(owner.namespace, secret_name)
             rendered = render(effect, current, name=secret_name, owner=owner, generate=make)
+            if audited is not None:
+                audited(current, rendered)  # AuditUnavailable: nothing written, nothing revoked
+                audited = None
             try:
                 if rendered is not None:
                     self._write(rendered, owner, create=current is None)
@@ -441,6 +587,11 @@ class Reconciler:
             generator.revoke(effect.version)
             if target is not None:
                 target.revoke(effect.version)
+        if isinstance(effect, EmergencyRevoke):
+            for version in effect.revoke:  # out of the Secret above; now out of everything
+                generator.revoke(version)
+                if target is not None:
+                    target.revoke(version)
 
     def _remark(self, secret_name: str, owner: Owner) -> None:
         """Rewrite the Secret's ownerReference and owner annotation if the policy changed."""

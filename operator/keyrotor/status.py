@@ -57,11 +57,16 @@ def to_status(state: RotationState) -> dict[str, Any]:
              **({"pending": True} if c.pending else {})}
             for c in state.consumers
         ],
+        "emergency": None if state.emergency_request is None else {
+            "request": state.emergency_request, "approvedBy": list(state.approved_by),
+            "startTime": ts(state.emergency_start), "lastResult": state.emergency_result,
+            "revoking": list(state.revoking) or None},
     }
 
 
 def from_status(status: dict[str, Any] | None) -> RotationState:
     status = status or {}
+    emergency = status.get("emergency") or {}
     return RotationState(
         phase=Phase(status.get("phase") or Phase.IDLE),
         current=status.get("currentVersion"),
@@ -87,6 +92,11 @@ def from_status(status: dict[str, Any] | None) -> RotationState:
                            pending=bool(c.get("pending")))
             for c in status.get("consumers") or ()
         ),
+        emergency_request=emergency.get("request"),
+        approved_by=tuple(emergency.get("approvedBy") or ()),
+        emergency_start=parse_ts(emergency.get("startTime")),
+        emergency_result=emergency.get("lastResult"),
+        revoking=tuple(int(v) for v in emergency.get("revoking") or ()),
     )
 
 

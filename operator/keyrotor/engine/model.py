@@ -28,6 +28,9 @@ class Phase(StrEnum):
     REVOKING = "Revoking"
     HOLDING = "Holding"
     FAILED = "Failed"
+    # An approved emergency revocation between its approval (persisted, with the new version
+    # allocated) and its effect: a crash in between replays the effect, never the approval.
+    EMERGENCY = "EmergencyRevoking"
 
 
 class Strategy(StrEnum):
@@ -63,6 +66,10 @@ class RotationSpec:
     # OneKey with a target: how long presenters get to load the new version before the target
     # swaps to it (None: there is no target to activate).
     activate_after: float | None = None
+    # Emergency revocation: approvals from different approvers needed, and how long one
+    # request collects them.
+    approvals_required: int = 1
+    request_ttl: float = 600.0
 
     def expected(self, stage: str) -> tuple[str, ...]:
         """The names whose probe results ``stage`` (see :attr:`RotationState.stage`) waits
@@ -78,6 +85,7 @@ class RotationSpec:
         rotation = spec.get("rotation") or {}
         verification = spec.get("verification") or {}
         revocation = spec.get("revocation") or {}
+        emergency = spec.get("emergency") or {}
         schedule = rotation.get("schedule")
         if schedule is not None:
             from keyrotor.engine.schedule import validate_cron
@@ -105,6 +113,9 @@ class RotationSpec:
             retirement_names=_during(spec, "Retirement") + tuple(
                 restart_name(t) for t in spec.get("rolloutRestartTargets") or ()),
             activate_after=_activate_after(spec),
+            approvals_required=int(emergency.get("approvals", 1)),
+            request_ttl=parse_duration(emergency.get("requestTTL", "10m"),
+                                       field="spec.emergency.requestTTL"),
         )
         if parsed.every is not None and parsed.schedule is not None:
             raise SpecError("spec.rotation", "set either every or schedule, not both")
@@ -112,6 +123,8 @@ class RotationSpec:
             raise SpecError("spec.rotation.minOverlap", "must not exceed maxOverlap")
         if parsed.successes_required < 1:
             raise SpecError("spec.verification.successesRequired", "must be at least 1")
+        if parsed.approvals_required < 1:
+            raise SpecError("spec.emergency.approvals", "must be at least 1")
         return parsed
 
 
@@ -182,6 +195,14 @@ class RotationState:
     last_result: str | None = None
     message: str = ""
     consumers: tuple[ConsumerResult, ...] = field(default_factory=tuple)
+    # The emergency revocation request being approved (the keyrotor.io/revoke-now annotation's
+    # value), who approved it, since when, how it ended (Approved, Expired, Rejected), and the
+    # versions an approved one revokes.
+    emergency_request: str | None = None
+    approved_by: tuple[str, ...] = ()
+    emergency_start: datetime.datetime | None = None
+    emergency_result: str | None = None
+    revoking: tuple[int, ...] = ()
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)
@@ -255,12 +276,33 @@ class Republish:
     fresh: int | None = None
 
 
-Effect = Issue | Stage | PromoteTo | Activate | Revoke | Republish
+@dataclass(frozen=True)
+class EmergencyRevoke:
+    """An approved emergency revocation: ``version`` (new) becomes the only version in the
+    Secret, activated at the target like a first version, and every version in ``revoke`` is
+    destroyed in the backend and at the target at once, skipping the overlap."""
+
+    version: int
+    revoke: tuple[int, ...] = ()
+
+
+Effect = Issue | Stage | PromoteTo | Activate | Revoke | Republish | EmergencyRevoke
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One judged approval of an emergency revocation request (the code is never here)."""
+
+    approver: str
+    ok: bool
+    reason: str  # Accepted, WrongCode, Replayed, Locked, LockedOut, UnknownApprover, ...
+    message: str
 
 
 # Reasons of the events that mark a step of one rotation: each happens once per version.
 TRANSITIONS = frozenset({"RotationStarted", "Issued", "Staged", "Accepted", "Activated",
-                         "Promoted", "Retired", "Revoked"})
+                         "Promoted", "Retired", "Revoked", "EmergencyApproved",
+                         "EmergencyRevoked"})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ The phases (DESIGN.md):
 * The very first version: Idle -> Generating -> [Issue] Idle.
 * Holding: a verifying phase whose consumers still fail past ``maxOverlap``. Probing goes on;
   nothing is revoked; it leaves Holding when the consumers recover.
+* Emergency revocation (a suspected leak, ``keyrotor revoke-now``): :func:`approve` counts the
+  judged TOTP approvals of a request; once ``spec.emergency.approvals`` different approvers
+  agree, any phase -> EmergencyRevoking (the new version allocated and persisted) ->
+  [EmergencyRevoke] Idle: the new version is the only one in the Secret and every older one is
+  revoked at once. This is the one exception to invariant 2, and the only way to take it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from keyrotor.engine import policies
 from keyrotor.engine.durations import format_duration
 from keyrotor.engine.model import (
     Activate,
+    Approval,
     ConsumerResult,
+    EmergencyRevoke,
     Event,
     Issue,
     Phase,
@@ -62,8 +69,9 @@ DRIFT_SETTLE = 5.0  # after a repair, look again soon: Degraded clears once the 
 def published(state: RotationState) -> dict[str, int]:
     """What the Secret holds (slot -> version) when ``state`` is persisted. In Generating and
     Staging the allocated ``next`` is not published yet."""
+    unpublished = (Phase.GENERATING, Phase.STAGING, Phase.EMERGENCY)
     held = {"current": state.current, "previous": state.previous,
-            "next": None if state.phase in (Phase.GENERATING, Phase.STAGING) else state.next}
+            "next": None if state.phase in unpublished else state.next}
     return {slot: version for slot, version in held.items() if version is not None}
 
 
@@ -157,6 +165,8 @@ def step(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     """
     if state.phase == Phase.IDLE or state.phase == Phase.FAILED:
         return _idle(spec, state, now, trigger)
+    if state.phase == Phase.EMERGENCY:
+        return _emergency(state, now)
     if state.phase in (Phase.GENERATING, Phase.STAGING):
         return _generate(spec, state, now)
     if state.phase == Phase.ACTIVATING:
@@ -198,6 +208,90 @@ def _idle(spec: RotationSpec, state: RotationState, now: datetime.datetime,
         return Step(started)
     return Step(started, events=(Event("Normal", "RotationStarted",
                                        f"rotation started ({verdict.reason}): version {version}"),))
+
+
+def approve(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
+            request: str, judged: tuple[Approval, ...] = ()) -> Step:
+    """Count the judged approvals of emergency revocation ``request``.
+
+    A new request id starts afresh (the approvals of an earlier one do not carry over). Each
+    different approver whose code was accepted counts once; rejected codes become Warning
+    events (a locked-out approver its own). A request that gathers ``approvals_required``
+    before ``request_ttl`` runs out allocates the new version and enters EmergencyRevoking
+    (persisted before anything is revoked); one that does not expires.
+    """
+    if state.emergency_request != request:
+        state = state.evolve(emergency_request=request, approved_by=(), emergency_start=now,
+                             emergency_result=None, revoking=())
+    events: list[Event] = []
+    open_ = state.emergency_result is None and state.phase != Phase.EMERGENCY
+    approved = list(state.approved_by)
+    for a in judged:
+        if not a.ok:
+            reason = "ApproverLocked" if a.reason == "LockedOut" else "ApprovalRejected"
+            events.append(Event("Warning", reason, f"approval by {a.approver} rejected "
+                                                   f"({a.reason}): {a.message}"))
+        elif not open_:
+            events.append(Event("Warning", "ApprovalRejected", f"approval by {a.approver} "
+                                f"came after request {request} ended"))
+        elif a.approver in approved:
+            events.append(Event("Warning", "ApprovalRejected", (
+                f"{a.approver} already approved request {request}: a different approver "
+                "must approve")))
+        else:
+            approved.append(a.approver)
+            events.append(Event("Normal", "ApprovalAccepted", (
+                f"{a.approver} approved the emergency revocation ({len(approved)} of "
+                f"{spec.approvals_required})")))
+    state = state.evolve(approved_by=tuple(approved))
+    if not open_:
+        return Step(state, events=tuple(events))
+    if state.current is None:
+        return Step(state.evolve(emergency_result="Rejected",
+                                 message="emergency revocation refused: no version issued yet"),
+                    events=(*events, Event("Warning", "EmergencyRejected",
+                                           "no version has been issued yet: nothing to revoke")))
+    if len(approved) >= spec.approvals_required:
+        version = state.latest + 1
+        old = tuple(sorted({v for v in (state.current, state.previous, state.next)
+                            if v is not None}))
+        by = ", ".join(approved)
+        started = state.evolve(
+            phase=Phase.EMERGENCY, next=version, latest=version, revoking=old,
+            rotation_start_time=now, phase_start_time=now, successful_rounds=0,
+            last_probe_time=None, verified_time=None, consumers=(),
+            last_trigger=f"emergency:{request}",
+            message=f"emergency revocation approved by {by}: version {version} replaces "
+                    f"versions {', '.join(map(str, old))} at once")
+        return Step(started, events=(*events, Event("Warning", "EmergencyApproved", (
+            f"emergency revocation approved by {by}: versions {', '.join(map(str, old))} "
+            f"are revoked now; presenters still on them fail"))))
+    assert state.emergency_start is not None
+    left = spec.request_ttl - (now - state.emergency_start).total_seconds()
+    if left <= 0:
+        return Step(state.evolve(emergency_result="Expired"), events=(*events, Event(
+            "Warning", "EmergencyExpired", (
+                f"emergency revocation request {request} expired with {len(approved)} of "
+                f"{spec.approvals_required} approvals"))))
+    return Step(state, events=tuple(events), requeue_after=left)
+
+
+def _emergency(state: RotationState, now: datetime.datetime) -> Step:
+    version = state.next
+    assert version is not None, "EmergencyRevoking always has an allocated version"
+    old = ", ".join(map(str, state.revoking)) or "none"
+    by = ", ".join(state.approved_by)
+    done = state.evolve(
+        phase=Phase.IDLE, current=version, previous=None, next=None, current_version_time=now,
+        last_rotation_time=now, rotation_count=state.rotation_count + 1,
+        rotation_start_time=None, phase_start_time=now, successful_rounds=0,
+        last_probe_time=None, verified_time=None, consumers=(), emergency_result="Approved",
+        revoking=(), last_result="EmergencyRevoked",
+        message=f"version {version} is current; versions {old} revoked in an emergency "
+                f"approved by {by}")
+    return Step(done, effect=EmergencyRevoke(version, revoke=state.revoking), events=(Event(
+        "Warning", "EmergencyRevoked", f"version {version} is the only version now; versions "
+        f"{old} revoked, approved by {by}"),))
 
 
 def _generate(spec: RotationSpec, state: RotationState, now: datetime.datetime) -> Step:

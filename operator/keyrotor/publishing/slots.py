@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from keyrotor.engine.model import Activate, Effect, Issue, PromoteTo, Republish, Revoke, Stage
+from keyrotor.engine.model import (
+    Activate,
+    Effect,
+    EmergencyRevoke,
+    Issue,
+    PromoteTo,
+    Republish,
+    Revoke,
+    Stage,
+)
 from keyrotor.errors import PermanentError, Reason
 
 M = TypeVar("M")
@@ -57,6 +66,10 @@ def apply(effect: Effect, slots: Slots[M], generate: Callable[[int], M]) -> Slot
     """The slots after ``effect``; ``generate(version)`` is called only when material is new."""
     if isinstance(effect, Republish):
         return _republish(effect, slots, generate)
+    if isinstance(effect, EmergencyRevoke):
+        # Whatever the Secret holds (even nothing): the new version alone, nothing older.
+        kept = next((v for v in slots.filled().values() if v.version == effect.version), None)
+        return Slots(current=kept or Versioned(effect.version, generate(effect.version)))
     if not isinstance(effect, Issue) and slots.current is None:
         raise SlotError(f"the Secret holds no current version (deleted or edited?); "
                         f"{type(effect).__name__} of version {effect.version} would publish "
