@@ -18,12 +18,12 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import kopf
 from aiohttp import web
 
-from keyrotor import looplag, metrics
+from keyrotor import decoys, looplag, metrics
 from keyrotor.leadership import LeaderElector, LeaseConfig
 
 log = logging.getLogger("keyrotor.runner")
@@ -37,6 +37,8 @@ class Health:
 
     ready: bool = False
     role: str = "starting"  # standby, leader, or single (no election)
+    # POST /v1/decoy-reports (keyrotor.decoys): 503 until start() (a standby never starts it).
+    reports: decoys.DecoyReports = field(default_factory=decoys.DecoyReports)
 
     async def serve(self, port: int) -> web.AppRunner:
         async def healthz(_: web.Request) -> web.Response:
@@ -50,6 +52,7 @@ class Health:
         app = web.Application()
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        self.reports.add_routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - kubelet probes it
@@ -116,6 +119,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             shard=shard, other_shards=other_shards,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
+        health.reports.start(shared.api, namespaces)  # leader or single: answer reports
         # Blocking client calls run in threads: one per worker, plus some for the rest.
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=workers + 4,
