@@ -322,6 +322,11 @@ class RotatingSecret:
         self.rotating_secret = rotating_secret or self.name
         url = report_url or os.environ.get(REPORT_URL_ENV)
         self._reporter = _Reporter(url, self.name, self._metrics) if url else None
+        # At 0 from the start: increase() and rate() see the first decoy or failure, and the
+        # alert rules' series exist before anything goes wrong.
+        for counter in (self._metrics.decoys, self._metrics.failures,
+                        self._metrics.rate_limited):
+            counter.labels(self.name)
         self._load()
 
     # ---- loading -----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Real consumer processes built on :mod:`keyrotor.client`, for the zero-downtime tests.
 
 * ``acceptor``: an HTTP service that accepts ``Authorization: Bearer <key>`` when
-  :meth:`RotatingSecret.verify` finds the key in any slot of its mounted Secret.
+  :meth:`RotatingSecret.verify` finds the key in any slot of its mounted Secret; a refusal's
+  body says why (``rejected``, ``decoy``, ``limited``); ``X-Client-Id`` is the identity rate
+  limiting keys on. Decoys are reported to ``$KEYROTOR_REPORT_URL`` when set.
 * ``presenter``: a client that sends a request every ``--period`` seconds with whatever
   ``current`` holds at that moment; with ``--fallback`` it uses
   :meth:`RotatingSecret.call_with_fallback` (OneKey: retry with ``previous`` on a 401).
@@ -37,8 +39,12 @@ def _acceptor(args: argparse.Namespace) -> None:
 
     async def check(request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        slot = secret.verify(token)
-        return web.Response(text=slot) if slot else web.Response(status=401, text="rejected")
+        # X-Client-Id: the identity rate limiting keys on (absent: no limit applies).
+        slot = secret.verify(token, identity=request.headers.get("X-Client-Id"))
+        # A refusal names itself ("decoy", "limited"), as an application's log would.
+        if slot:
+            return web.Response(text=slot)
+        return web.Response(status=401, text="rejected" if slot is None else str(slot))
 
     app = web.Application()
     app.router.add_get("/", check)
