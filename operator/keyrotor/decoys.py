@@ -46,9 +46,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -62,6 +62,7 @@ from keyrotor.publishing.secret import Owner, decoy_fingerprints
 log = logging.getLogger("keyrotor.decoys")
 REPORT_PATH = "/v1/decoy-reports"
 EVENT_REASON = "DecoyPresented"
+AUDIT_ACTION = "decoy.presented"
 FINGERPRINT = re.compile(r"^hmac-sha256:[0-9a-f]{16}$")
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MAX_BODY = 4096
@@ -75,6 +76,16 @@ REFUSED = Counter(
     "keyrotor_decoy_reports_refused_total",
     "Decoy reports refused, by reason (invalid, unknown, not_a_decoy, rate_limited, standby)",
     ("reason",), registry=metrics.REGISTRY)
+
+
+class Audit(Protocol):
+    """The audit trail as the reconciler uses it (raises AuditUnavailable when no sink took
+    the line). Blocking."""
+
+    def record(self, *, action: str, actor: str, namespace: str, name: str, uid: str = "",
+               versions: Mapping[str, int] | None = None,
+               fingerprints: Mapping[str, str] | None = None,
+               detail: Mapping[str, Any] | None = None, key: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,18 +111,20 @@ class DecoyReports:
 
     def __init__(self, *, api: KubeApi | None = None, namespaces: Sequence[str] = (),
                  on_decoy: Callable[[DecoyReport], None] | None = None,
-                 active: Callable[[], bool] = lambda: True, audit: Any = None,
+                 active: Callable[[], bool] = lambda: True, audit: Audit | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.namespaces = tuple(namespaces)
         self.on_decoy = on_decoy or self.alarm
         self.active = active
-        # AUDIT HOOK: an ``AuditLog`` (keyrotor.audit) once it is wired in the runner; each
-        # confirmed report is recorded with Action.DECOY_PRESENTED before the event is posted.
-        self.audit = audit
+        # The audit trail (keyrotor.audit.AuditLog, the reconciler's Audit protocol): each
+        # confirmed report is recorded (action decoy.presented) before the event is posted.
+        # HOOK: the runner passes it to start() once the operator builds one.
+        self.audit: Audit | None = audit
         self.limiter = RateLimiter(SOURCE_LIMIT, clock)
 
-    def start(self, api: KubeApi, namespaces: Sequence[str] = (), audit: Any = None) -> None:
+    def start(self, api: KubeApi, namespaces: Sequence[str] = (),
+              audit: Audit | None = None) -> None:
         """Begin answering reports (the operator is leader, or runs without election)."""
         self.namespaces = tuple(namespaces)
         self.audit = audit if audit is not None else self.audit
@@ -191,21 +204,21 @@ class DecoyReports:
         api = self.api
         if api is None:
             raise RuntimeError("alarm before start")
-        if self.audit is not None:
-            from keyrotor.audit import Action  # type: ignore[import-not-found,unused-ignore]
-
-            self.audit.record(action=Action.DECOY_PRESENTED,
-                              actor=report.identity or report.source,
-                              namespace=report.namespace, name=report.name,
-                              fingerprints=[report.fingerprint],
-                              detail={"identity": report.identity, "source": report.source})
+        # One audit line and one event per decoy, identity and minute (a thief spraying it
+        # makes one a minute; the library's retry of a report finds them there).
+        bucket = int(time.time() // 60)
+        digest = hashlib.sha256(f"{report.fingerprint}|{report.identity}|{bucket}".encode())
+        uid = report.rotating_secret["metadata"].get("uid", "")
+        if self.audit is not None:  # first: fail-closed, no event without its audit line
+            self.audit.record(action=AUDIT_ACTION, actor=f"presenter:{report.identity or '?'}",
+                              namespace=report.namespace, name=report.name, uid=uid,
+                              fingerprints={"decoy": report.fingerprint},
+                              detail={"identity": report.identity, "reporter": report.source},
+                              key=f"{uid}/{AUDIT_ACTION}/{digest.hexdigest()[:16]}")
         PRESENTATIONS.labels(report.namespace, report.name).inc()
         who = report.identity or "an unknown client"
         log.warning("decoy %s of RotatingSecret %s/%s presented by %s (reported by %s)",
                     report.fingerprint, report.namespace, report.name, who, report.source)
-        # One event per decoy, identity and minute: a thief spraying it makes one a minute.
-        bucket = int(time.time() // 60)
-        digest = hashlib.sha256(f"{report.fingerprint}|{report.identity}|{bucket}".encode())
         api.post_event(
             report.rotating_secret, type="Warning", reason=EVENT_REASON,
             name=f"{report.name}.decoy-{digest.hexdigest()[:16]}",
