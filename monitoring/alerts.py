@@ -94,6 +94,15 @@ USED_VERIFIED = ('sum by (job, instance, secret, version) (rate('
                  'keyrotor_client_verifications_total{version!="", slot!="none"}[2m]))')
 
 
+# Decoys and rate limiting, from the consumer library (issue 11): they need no operator.
+DECOYS = ("sum by (job, instance, secret) "
+          "(increase(keyrotor_client_decoy_presentations_total[10m]))")
+FAILURE_RATE = ("sum by (job, instance, secret) "
+                "(rate(keyrotor_client_verification_failures_total[5m]))")
+LIMITED_RATE = "sum by (job, instance, secret) (rate(keyrotor_client_rate_limited_total[5m]))"
+FAILURES_PER_SECOND = 1  # 300 failed verifications in 5 minutes at one consumer
+LIMITED_PER_SECOND = 0.2  # 60 refusals of blocked identities in 5 minutes
+
 # Secrets the operator knows (a consumer of some other secret is none of these rules' business).
 KNOWN_SECRETS = ('label_replace(max by (name) (keyrotor_current_version), '
                  '"secret", "$1", "name", "(.*)")')
@@ -247,6 +256,37 @@ def alerts(operator_job: str = "") -> list[Alert]:
             "credential, which is a security problem if the key was revoked because it "
             "leaked; restart it at once.",
             (VALID_VERSIONS, USED_PRESENTED, USED_VERIFIED)),
+        Alert(
+            "KeyrotorDecoyPresented",
+            f"{DECOYS} > 0", "0m", "critical",
+            "A decoy of {{ $labels.secret }} was presented: the Secret has leaked",
+            "{{ $labels.instance }} (job {{ $labels.job }}) was presented a decoy of "
+            "{{ $labels.secret }} in the last 10 minutes. Decoys are published in the Secret "
+            "only and no legitimate client holds one: whoever presented it read the Secret.",
+            "Treat the Secret as leaked. Find who presented it: the Warning event "
+            "DecoyPresented on the RotatingSecret (`kubectl describe rsec -n NS NAME`) and "
+            "the audit trail (action decoy.presented) name the identity the acceptor saw; "
+            "so does the acceptor's log. Revoke at once with `keyrotor revoke-now NAME -n "
+            "NS` (approved with TOTP), which also replaces the decoys, then find how the "
+            "Secret was read (RBAC on secrets, node or backup access).",
+            (DECOYS,)),
+        Alert(
+            "KeyrotorVerificationFailuresSpike",
+            f"{FAILURE_RATE} > {FAILURES_PER_SECOND}\nor\n{LIMITED_RATE} > {LIMITED_PER_SECOND}",
+            "2m", "warning",
+            "Many failed verifications of {{ $labels.secret }} at {{ $labels.instance }}",
+            "{{ $labels.instance }} (job {{ $labels.job }}) refuses presented values of "
+            "{{ $labels.secret }} at a high rate (over "
+            f"{FAILURES_PER_SECOND} failed verification a second, or over "
+            f"{LIMITED_PER_SECOND} refusals of rate-limited identities a second, over 5 "
+            "minutes): someone is guessing, or clients hold a revoked key.",
+            "If keyrotor_client_rate_limited_total rises, identities are being blocked after "
+            "repeated failures: look at the acceptor's logs for the identities (IPs, users, "
+            "API keys) and block them upstream. If only failures rise and no identity is "
+            "blocked, the callers are spread out (many IPs) or pass no identity to verify(). "
+            "Right after a rotation, failures from a consumer still on a revoked version "
+            "show up as KeyrotorRevokedVersionPresented too.",
+            (FAILURE_RATE, LIMITED_RATE)),
     ]
 
 
