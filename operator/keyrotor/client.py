@@ -179,9 +179,11 @@ class RateLimit:
 class RateLimiter:
     """Thread-safe token buckets keyed by identity, in an LRU of bounded size."""
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, *,
+                 label: str = "") -> None:
         self.limit = limit
         self.clock = clock
+        self.label = label  # for the log line when an identity is blocked
         self._lock = threading.Lock()
         # identity -> [tokens, last refill, blocked until]
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
@@ -211,12 +213,17 @@ class RateLimiter:
             if now < until:
                 return True
             tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
+            blocking = False
             if failed:
                 tokens -= 1
                 if tokens < 1:
-                    until = now + limit.block_time
+                    until, blocking = now + limit.block_time, True
             bucket[:] = [tokens, now, until]
-            return False
+        if blocking:
+            log.warning("identity %r blocked for %.0f s: too many failures%s",
+                        identity[:256], limit.block_time,
+                        f" of {self.label}" if self.label else "")
+        return False
 
 
 class _Reporter:
@@ -316,7 +323,8 @@ class RotatingSecret:
         self._versions: dict[str, str] = {}
         self._state: tuple[dict[str, bytes], list[tuple[str, bytes]]] = ({}, [])
         self._compare = compare
-        self.limiter = RateLimiter(rate_limit, clock) if rate_limit is not None else None
+        self.limiter = RateLimiter(rate_limit, clock, label=self.name) \
+            if rate_limit is not None else None
         self.on_decoy = on_decoy
         self.namespace = namespace or _pod_namespace()
         self.rotating_secret = rotating_secret or self.name

@@ -121,7 +121,7 @@ class DecoyReports:
         # confirmed report is recorded (action decoy.presented) before the event is posted.
         # HOOK: the runner passes it to start() once the operator builds one.
         self.audit: Audit | None = audit
-        self.limiter = RateLimiter(SOURCE_LIMIT, clock)
+        self.limiter = RateLimiter(SOURCE_LIMIT, clock, label="decoy reports")
 
     def start(self, api: KubeApi, namespaces: Sequence[str] = (),
               audit: Audit | None = None) -> None:
