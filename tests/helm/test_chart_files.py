@@ -276,6 +276,12 @@ def test_sharded_release_has_a_deployment_per_shard(helm: Helm) -> None:
     lease_ids = {flag(args_of(d), "--leader-election-id") for d in deployments.values()}
     assert len(lease_ids) == 3
 
+    # The decoy reports Service: in front of the main Deployment's pods (any leader can
+    # answer a report, whichever shard reconciles the object).
+    (reports,) = [o for o in objects["Service"] if o["metadata"]["name"] == "keyrotor-reports"]
+    assert [n for n, labels in pods.items() if selects(reports["spec"]["selector"], labels)] \
+        == ["keyrotor"]
+    objects["Service"].remove(reports)
     # A PodDisruptionBudget and a metrics Service per Deployment, each over its pods only.
     for kind, selector_of in (("PodDisruptionBudget", lambda o: o["spec"]["selector"]),
                               ("Service", lambda o: o["spec"]["selector"])):
