@@ -80,7 +80,7 @@ def test_sharded_render_is_accepted_by_the_apiserver(chart_plane: ControlPlane,
             f"{kind}/keyrotor", f"{kind}/keyrotor-shard-a", f"{kind}/keyrotor-shard-b"}
     assert {n for n in names if n.startswith("service/")} == {
         "service/keyrotor-metrics", "service/keyrotor-shard-a-metrics",
-        "service/keyrotor-shard-b-metrics"}
+        "service/keyrotor-shard-b-metrics", "service/keyrotor-reports"}
     assert {n for n in names if n.split("/")[0].split(".")[0] in ("servicemonitor",
                                                                    "networkpolicy")} == {
         "servicemonitor.monitoring.coreos.com/keyrotor",
@@ -151,7 +151,8 @@ def test_install(chart_plane: ControlPlane, cluster_helm: Helm, release: str) ->
     status = json.loads(cluster_helm("status", release, "-n", RELEASE_NS, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed" and status["version"] == 1
     for kind, name in [("deployment", "keyrotor"), ("serviceaccount", "keyrotor"),
-                       ("service", "keyrotor-metrics"), ("poddisruptionbudget", "keyrotor"),
+                       ("service", "keyrotor-metrics"), ("service", "keyrotor-reports"),
+                       ("poddisruptionbudget", "keyrotor"),
                        ("servicemonitor", "keyrotor"), ("prometheusrule", "keyrotor"),
                        ("configmap", "keyrotor-dashboard"), ("networkpolicy", "keyrotor"),
                        ("role", "keyrotor-leader-election")]:
