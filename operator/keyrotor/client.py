@@ -231,7 +231,7 @@ class _Reporter:
     retries (a standby operator answers 503), and a bounded queue; verify never waits."""
 
     def __init__(self, url: str, secret: str, metrics: _Metrics, *, timeout: float = 2.0,
-                 attempts: int = 4, backoff: float = 0.5) -> None:
+                 attempts: int = 6, backoff: float = 0.5) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"report URL {url!r}: use http:// or https://")
         self.url = url.rstrip("/")

@@ -11,7 +11,7 @@ served on the operator's health port (``--liveness-port``, 8081; the chart's Ser
 as port ``reports``). ``name`` is the RotatingSecret, or its ``spec.secretName``. The endpoint
 
 * answers 503 on a standby operator (leader election) or before it is up, so the library
-  retries (a short timeout, four attempts with backoff, from a background thread: ``verify``
+  retries (a 2 s timeout, six attempts with backoff, from a background thread: ``verify``
   never waits for it or fails because of it);
 * checks the fingerprint is one of that RotatingSecret's decoys, from the Secret's annotation
   ``keyrotor.io/retired-fingerprints`` (never from values: nothing here reads material), and
@@ -29,9 +29,12 @@ Trade-offs, stated plainly:
   read access to the Secret, which is itself an incident. Restrict the port with a
   NetworkPolicy to the namespaces that run acceptors. The identity is the acceptor's word:
   treat it as a lead, not as proof.
-* **Best effort**: if the operator is down longer than the library's retries, the report is
-  lost; the consumer's own metric ``keyrotor_client_decoy_presentations_total`` and its alert
-  ``KeyrotorDecoyPresented`` do not depend on the operator and stay the primary alarm.
+* **Best effort**: the chart's Service spreads reports over every operator pod and only the
+  leader answers, so with two replicas each attempt reaches the leader half the time (six
+  attempts: 1 in 64 reports lost that way); if the operator is down longer than the retries
+  (about 15 s), the report is lost too. The consumer's own metric
+  ``keyrotor_client_decoy_presentations_total`` and its alert ``KeyrotorDecoyPresented`` do
+  not depend on the operator and stay the primary alarm.
 * **Fail-closed audit**: when the audit log cannot be written the answer is 503 (the library
   retries) and no event is posted, as for every other audited action.
 * A decoy tells you the Secret leaked, not how. The answer is ``keyrotor revoke-now``, which
