@@ -65,6 +65,16 @@ PERMISSION_MISSING = Gauge(
     "keyrotor_permission_missing",
     "1 for each permission the operator needs but lacks (startup check and 403 answers)",
     ("namespace", "verb", "resource"), registry=REGISTRY)
+APPROVALS = Counter("keyrotor_approvals_total",
+                    "Emergency revocation approvals judged, by result (Accepted, WrongCode, "
+                    "Replayed, Locked, LockedOut, UnknownApprover, OtherRequest, WrongAction)",
+                    ("result",), registry=REGISTRY)
+APPROVER_LOCKOUTS = Counter("keyrotor_approver_lockouts_total",
+                            "Approvers locked out after too many wrong TOTP codes in a row",
+                            ("approver",), registry=REGISTRY)
+APPROVER_LOCKED = Gauge("keyrotor_approver_locked",
+                        "1 while an approver is locked out (as last judged)", ("approver",),
+                        registry=REGISTRY)
 BUILD = Info("keyrotor_build", "keyrotor's version", registry=REGISTRY)
 BUILD.info({"version": __version__})
 

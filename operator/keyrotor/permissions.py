@@ -47,6 +47,9 @@ NEEDS: tuple[Need, ...] = (
            "watch of the Secrets labelled app.kubernetes.io/managed-by=keyrotor)")
       for verb in ("list", "watch")),
     Need("", "events", "create", "to post events"),
+    *(Need("keyrotor.io", "rotationapprovals", verb, "to judge emergency revocation approvals "
+           "(keyrotor revoke-now) and delete each one, with its code, once judged")
+      for verb in ("get", "list", "watch", "delete")),
 )
 
 

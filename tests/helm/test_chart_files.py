@@ -103,14 +103,21 @@ def test_rbac_cluster_wide(helm: Helm) -> None:
              for r in cluster_role["rules"]}
     # Exactly what the operator's own permission check asks for: one list of needs.
     for group, resource in (("keyrotor.io", "rotatingsecrets"), ("", "secrets"),
-                            ("", "events")):
+                            ("", "events"), ("keyrotor.io", "rotationapprovals")):
         needed = {n.verb for n in NEEDS if (n.group, n.resource, n.subresource) ==
                   (group, resource, "")}
         assert rules[((group,), (resource,))] == needed, resource
     assert rules[(("keyrotor.io",), ("rotatingsecrets/status",))] == {"patch"}
     assert "*" not in {verb for verbs in rules.values() for verb in verbs}
-    (lease_role,) = objects["Role"]
+    roles = {r["metadata"]["name"]: r for r in objects["Role"]}
+    assert set(roles) == {"keyrotor-leader-election", "keyrotor-approvers"}
+    lease_role = roles["keyrotor-leader-election"]
     assert lease_role["metadata"]["namespace"] == "keyrotor-system"
+    # The approvers' Secret (TOTP seeds) and nothing else in the release namespace.
+    assert roles["keyrotor-approvers"]["metadata"]["namespace"] == "keyrotor-system"
+    assert roles["keyrotor-approvers"]["rules"] == [{
+        "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["keyrotor-approvers"],
+        "verbs": ["get", "update", "patch"]}]
     assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"],
                                     "resources": ["leases"],
                                     "verbs": ["get", "create", "update"]}]
@@ -123,7 +130,8 @@ def test_rbac_namespaced(helm: Helm) -> None:
     assert "ClusterRole" not in objects and "ClusterRoleBinding" not in objects
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects["Role"]}
     assert roles == {("team-a", "keyrotor"), ("team-b", "keyrotor"),
-                     ("keyrotor-system", "keyrotor-leader-election")}
+                     ("keyrotor-system", "keyrotor-leader-election"),
+                     ("keyrotor-system", "keyrotor-approvers")}
     bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"])
                 for b in objects["RoleBinding"]}
     assert bindings == roles

@@ -72,6 +72,10 @@ Only what keyrotor uses; see the comments.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Emergency revocation approvals: watch them, delete each one once judged (its code with it).
+- apiGroups: [keyrotor.io]
+  resources: [rotationapprovals]
+  verbs: [get, list, watch, delete]
 # rolloutRestartTargets: read rollout status, patch one pod-template annotation.
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
