@@ -14,7 +14,8 @@ thief would, and presents it to the acceptor:
   the real Prometheus (its ``for`` is 0m, so that is the alert firing; promtool checks the
   rule's timing);
 * a report naming a real version's fingerprint, or a made-up one, gets 404 and no event;
-* a rotation keeps the decoys, and the acceptor still recognises them after it;
+* a rotation keeps the decoys, and the acceptor still recognises them after it; a higher
+  count adds one at once and keeps the others;
 * no decoy value appears in the acceptor's log, the operator's log, events, status,
   annotations or metrics (the operator fixture's leak scan, which now knows the decoys).
 """
@@ -193,6 +194,15 @@ def test_a_presented_decoy_raises_the_alarm(control_plane: ControlPlane, kapi: K
         wait_for(lambda: present(new_current).text == "current", timeout=30,
                  what="the acceptor to follow the rotation")
         assert present(sorted(stolen.values())[1]).text == "decoy"
+
+        # One more decoy asked for while idle: added at once, the others kept.
+        control_plane.kubectl("patch", "rsec", NAME, "-n", namespace, "--type", "merge",
+                              "-p", '{"spec": {"decoys": {"count": 3}}}')
+        more = wait_for(lambda: (s := kapi.get_secret(namespace, NAME)) and
+                        len(decoys_in(s)) == 3 and s, timeout=30, what="a third decoy")
+        remember_secret(more)
+        assert set(stolen.values()) < set(decoys_in(more).values())
+        assert base64.b64decode(more["data"]["current"]) == new_current
     finally:
         stop(acceptor)
         mirror.stop()

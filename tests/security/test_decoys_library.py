@@ -39,6 +39,7 @@ from keyrotor.publishing.secret import (
     decoy_count,
     decoy_fingerprints,
     decoys_of,
+    encode,
     fingerprint,
     inspect,
     render,
@@ -161,12 +162,28 @@ def test_decoys_are_stable_across_writes_and_new_after_an_emergency_revocation()
     assert len(after) == 2 and not after & before
 
 
+def test_a_changed_count_is_not_drift_and_re_marking_applies_it() -> None:
+    secret = write(Issue(1), None)
+    before = set(decoy_values(secret).values())
+    three = Owner("api-key", "ns", "uid-1", decoys=3)
+    # The Secret is intact: inspect finds nothing wrong, but the owner's marks call for a
+    # rewrite, which keeps the two decoys and adds one (what the reconciler's re-mark does).
+    assert inspect(secret, three, "api-key") == ({"current": 1}, [])
+    assert not three.marked_on(secret) and OWNER.marked_on(secret)
+    slots, key = decode(secret)
+    assert key is not None
+    body = encode(slots, name="api-key", owner=three, base=secret, fingerprint_key=key)
+    after = set(decoy_values(body).values())
+    assert len(after) == 3 and before < after and three.marked_on(body)
+    assert decode(body, verified=True)[0] == slots
+
+
 def test_an_edited_decoy_is_drift_and_is_replaced() -> None:
     secret = write(Issue(1), None)
     name = sorted(decoy_values(secret))[0]
     secret["data"][name] = base64.b64encode(b"A" * 43).decode()
     _, problems = inspect(secret, OWNER, "api-key")
-    assert problems == [f"keys {name}, versions.json were edited"]
+    assert len(problems) == 1 and name in problems[0] and problems[0].endswith("were edited")
     repaired = write(Issue(1), secret)
     assert len(decoy_values(repaired)) == 2 and b"A" * 43 not in decoy_values(repaired).values()
 

@@ -49,7 +49,7 @@ import json
 import secrets
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -113,10 +113,12 @@ class Owner:
             and not any(r.get("controller") for r in refs))
 
     def marked_on(self, secret: dict[str, Any] | None) -> bool:
-        """Whether ``secret`` carries exactly this owner's marks (policy changes rewrite it)."""
+        """Whether ``secret`` carries exactly this owner's marks (policy changes rewrite it),
+        and as many decoys as it should (a changed spec.decoys.count rewrites it too)."""
         meta = (secret or {}).get("metadata") or {}
         return (meta.get("ownerReferences") or []) == self.references() and \
-            (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid
+            (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid and \
+            (self.decoys is None or len(decoy_fingerprints(secret)) == self.decoys)
 
 
 def fingerprint(key: bytes, value: bytes) -> str:
@@ -273,6 +275,18 @@ def _labelled_decoys(decoys: Sequence[Decoy], real: set[int]) -> list[Decoy]:
     return sorted(labelled, key=lambda d: d.version)
 
 
+def _adjusted(decoys: list[Decoy], wanted: int | None,
+              slots: Slots[Material]) -> list[Decoy]:
+    """``decoys``, cut or topped up to ``wanted`` (None: as many as there are) with new ones
+    shaped like ``slots``' current value, labelled plausibly against ``slots``' versions."""
+    wanted = len(decoys) if wanted is None else wanted
+    decoys = list(decoys[:wanted])
+    if slots.current is not None and len(decoys) < wanted:
+        template = main_value(slots.current.material)
+        decoys += [Decoy(-1, imitate(template)) for _ in range(wanted - len(decoys))]
+    return _labelled_decoys(decoys, {v.version for v in slots.filled().values()})
+
+
 def decode(secret: dict[str, Any] | None, *,
            verified: bool = False) -> tuple[Slots[Material], bytes | None]:
     """The slots held by a Secret (as returned by the API), and its fingerprint key. With
@@ -302,9 +316,10 @@ def encode(slots: Slots[Material], *, name: str, owner: Owner, fingerprint_key: 
            base: dict[str, Any] | None = None,
            decoys: Sequence[Decoy] | None = None) -> dict[str, Any]:
     """The full Secret body for ``slots`` (keeps ``base``'s resourceVersion and foreign labels).
-    Without ``decoys``, the intact decoys of ``base`` are carried over as they are."""
+    Without ``decoys``, the intact decoys of ``base`` are carried over, as many as
+    ``owner.decoys`` asks for (new ones made when it asks for more; all of them when None)."""
     if decoys is None:
-        decoys = decoys_of(base, fingerprint_key)
+        decoys = _adjusted(decoys_of(base, fingerprint_key), owner.decoys, slots)
     meta = dict((base or {}).get("metadata") or {})
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if not k.startswith(ANNOTATION_PREFIX)}
@@ -365,7 +380,9 @@ def inspect(secret: dict[str, Any], owner: Owner, name: str) -> tuple[dict[str, 
     if key is None:
         problems.append(f"key {FINGERPRINT_KEY} is missing")
     elif not problems:
-        clean = encode(slots, name=name, owner=owner, base=secret, fingerprint_key=key)
+        # As the Secret holds them: a count to change is not drift (the reconciler re-marks).
+        clean = encode(slots, name=name, owner=replace(owner, decoys=None), base=secret,
+                       fingerprint_key=key)
         data = secret.get("data") or {}
         edited = sorted(k for k in set(data) | set(clean["data"])
                         if data.get(k) != clean["data"].get(k))
@@ -395,13 +412,8 @@ def render(effect: Effect, current: dict[str, Any] | None, *, name: str, owner: 
     decoys = decoys_of(current, key)
     if _emergency(effect):
         decoys = []  # the Secret leaked: its decoys are known too; make new ones
-    wanted = len(decoys) if owner.decoys is None else owner.decoys
-    if after.current is not None and len(decoys) < wanted:
-        template = main_value(after.current.material)
-        decoys += [Decoy(-1, imitate(template)) for _ in range(wanted - len(decoys))]
-    decoys = _labelled_decoys(decoys[:wanted], {v.version for v in after.filled().values()})
     body = encode(after, name=name, owner=owner, base=current, fingerprint_key=fingerprint_key,
-                  decoys=decoys)
+                  decoys=_adjusted(decoys, owner.decoys, after))
     if current is not None and key is not None and body["data"] == current.get("data") \
             and _ours(body) == _ours(current) and owner.marked_on(current) \
             and _labelled(current, owner):
