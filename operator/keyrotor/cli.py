@@ -101,6 +101,34 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from keyrotor.audit import Head, HeadStore, operator_namespace, verify
+    from keyrotor.errors import KeyrotorError
+
+    head = None
+    try:
+        if args.head:
+            head = Head.parse(args.head)
+        elif args.head_from_cluster:
+            store = HeadStore(_api(args), args.namespace or operator_namespace(),
+                              args.configmap)
+            head = store.read()
+            if head is None:
+                print(f"keyrotor audit verify: no head in {store.where}", file=sys.stderr)
+                return 2
+    except (ValueError, KeyrotorError) as exc:
+        print(f"keyrotor audit verify: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open(args.file, "rb") as lines:
+            verdict = verify(lines, head)
+    except OSError as exc:
+        print(f"keyrotor audit verify: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: {verdict.message}")
+    return 0 if verdict.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keyrotor",
@@ -169,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", default="default")
     client_flags(p)
     p.set_defaults(func=_cmd_rotate)
+
+    from keyrotor import approvalcli  # approvers, revoke-now, approve (imports nothing heavy)
+
+    approvalcli.add_parsers(sub, client_flags)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
+    p = audit_sub.add_parser(
+        "verify", help="check an audit file's hash chain and, with a head, that nothing was "
+                       "cut off its end; exit 1 naming the first bad line")
+    p.add_argument("file")
+    heads = p.add_mutually_exclusive_group()
+    heads.add_argument("--head", metavar="SEQ:HASH", help="the chain head to check the end "
+                                                          "against")
+    heads.add_argument("--head-from-cluster", action="store_true",
+                       help="read the head from the operator's ConfigMap")
+    p.add_argument("--namespace", help="the operator's namespace (default: $POD_NAMESPACE, "
+                                       "else keyrotor-system)")
+    p.add_argument("--configmap", default="keyrotor-audit-head",
+                   help="the head's ConfigMap (default keyrotor-audit-head)")
+    client_flags(p)
+    p.set_defaults(func=_cmd_audit_verify)
 
     from keyrotor import approvalcli  # approvers, revoke-now, approve (imports nothing heavy)
 
