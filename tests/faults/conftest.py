@@ -43,7 +43,7 @@ def fault_plane() -> Iterator[ControlPlane]:
     must leave them running."""
     with ControlPlane() as plane:
         plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
-        plane.wait_established("rotatingsecrets.keyrotor.io")
+        plane.wait_established("rotatingsecrets.keyrotor.io", "rotationapprovals.keyrotor.io")
         yield plane
 
 

@@ -146,7 +146,8 @@ def test_install(chart_plane: ControlPlane, cluster_helm: Helm, release: str) ->
     notes = INSTALL_OUTPUT[release]
     assert "kubectl get rsec -A" in notes
     example = notes[notes.index("<<'YAML'\n") + len("<<'YAML'\n"):notes.index("\nYAML\n")]
-    wait_established(chart_plane, "rotatingsecrets.keyrotor.io")
+    wait_established(chart_plane, "rotatingsecrets.keyrotor.io",
+                     "rotationapprovals.keyrotor.io")
     chart_plane.kubectl("apply", "-n", "default", "-f", "-", input=example)
     status = json.loads(cluster_helm("status", release, "-n", RELEASE_NS, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed" and status["version"] == 1
@@ -297,7 +298,8 @@ def team_release(chart_plane: ControlPlane, cluster_helm: Helm) -> Iterator[str]
     if chart_plane.kubectl("get", "crd", "rotatingsecrets.keyrotor.io",
                            check=False).returncode != 0:
         chart_plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
-    wait_established(chart_plane, "rotatingsecrets.keyrotor.io")
+    wait_established(chart_plane, "rotatingsecrets.keyrotor.io",
+                     "rotationapprovals.keyrotor.io")
     for namespace in ("keyrotor-team", "team-a", "team-b"):
         create_namespace(chart_plane, namespace, **RESTRICTED)
     cluster_helm("install", "team", str(CHART), "--namespace", "keyrotor-team",

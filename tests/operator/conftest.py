@@ -35,7 +35,7 @@ SECRET_VALUES: set[str] = set()  # every secret value a test saw, for the leak s
 @pytest.fixture(scope="session")
 def crds(control_plane: ControlPlane) -> None:
     control_plane.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
-    control_plane.wait_established("rotatingsecrets.keyrotor.io")
+    control_plane.wait_established("rotatingsecrets.keyrotor.io", "rotationapprovals.keyrotor.io")
 
 
 @pytest.fixture(scope="session")
