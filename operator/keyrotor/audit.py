@@ -76,6 +76,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import sys
 import threading
@@ -310,7 +311,7 @@ class HeadStore:
                       data.get("seq"))
             return Head(0, GENESIS)
 
-    def advance(self, head: Head, *, attempts: int = 5) -> bool:
+    def advance(self, head: Head, *, attempts: int = 10) -> bool:
         """Store ``head`` unless the stored one is at or past it. True: stored (or already
         there); False: another writer is ahead (logged). Raises KeyrotorError (API away,
         permission denied)."""
@@ -341,6 +342,7 @@ class HeadStore:
                     raise
                 self.conflicts += 1
                 self.resource_version = None  # re-read, then decide again
+                time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not a secret
                 continue
             if body is None:  # deleted meanwhile
                 self.resource_version = None
