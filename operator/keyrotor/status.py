@@ -15,6 +15,7 @@ import datetime
 from typing import Any
 
 from keyrotor.engine.model import ConsumerResult, Phase, RotationState
+from keyrotor.errors import PermanentError
 
 
 def ts(when: datetime.datetime | None) -> str | None:
@@ -64,39 +65,139 @@ def to_status(state: RotationState) -> dict[str, Any]:
     }
 
 
+class StatusError(PermanentError):
+    """A ``.status`` the engine cannot resume from (edited by hand, or written by something
+    else): the message names the field. Nothing is guessed: a version or time read wrongly
+    could skip, reuse or revoke a version, so the object stays as it is, Degraded, until a
+    person repairs or removes the field."""
+
+    reason = "InvalidStatus"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}; fix or remove the field "
+                         "(kubectl edit --subresource=status)")
+        self.field = field
+
+
+_EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_LATEST = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)  # room for a 10-year schedule
+
+
+def _time(parent: dict[str, Any], key: str, field: str) -> datetime.datetime | None:
+    value = parent.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        when = parse_ts(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or not _EARLIEST <= when <= _LATEST:
+        raise StatusError(field, f"{str(value)[:40]!r} is not an RFC 3339 time")
+    return when
+
+
+def _count(parent: dict[str, Any], key: str, field: str, *, version: bool = False) -> int | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if version else 0):
+        raise StatusError(field, f"{str(value)[:40]!r} is not a "
+                          f"{'version number' if version else 'count'}")
+    return value
+
+
+def _text(parent: dict[str, Any], key: str, field: str) -> str | None:
+    value = parent.get(key)
+    if value is not None and not isinstance(value, str):
+        raise StatusError(field, "must be a string")
+    return value
+
+
+def _consumer(item: Any, field: str) -> ConsumerResult:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise StatusError(field, "must be an object with a name")
+    for key in ("ok", "pending"):
+        if item.get(key) is not None and not isinstance(item[key], bool):
+            raise StatusError(f"{field}.{key}", "must be true or false")
+    return ConsumerResult(name=item["name"], ok=bool(item.get("ok")),
+                          message=_text(item, "message", f"{field}.message") or "",
+                          version=_count(item, "version", f"{field}.version", version=True),
+                          consecutive_failures=_count(item, "consecutiveFailures",
+                                                      f"{field}.consecutiveFailures") or 0,
+                          time=_time(item, "lastProbeTime", f"{field}.lastProbeTime"),
+                          pending=bool(item.get("pending")))
+
+
+# What each phase resumes from: the engine asserts these, so a status without them is refused.
+_NEEDS_NEXT = frozenset({Phase.GENERATING, Phase.STAGING, Phase.VERIFYING_ACCEPTANCE,
+                         Phase.PROMOTING, Phase.EMERGENCY})
+_NEEDS_CURRENT = frozenset({Phase.ACTIVATING, Phase.VERIFYING_RETIREMENT, Phase.REVOKING,
+                            Phase.HOLDING, Phase.PROMOTING, Phase.VERIFYING_ACCEPTANCE})
+
+
 def from_status(status: dict[str, Any] | None) -> RotationState:
-    status = status or {}
+    """The engine's state stored in ``status``; :class:`StatusError` naming the field when a
+    field has the wrong type or the fields contradict each other."""
+    if status is None:
+        status = {}
+    if not isinstance(status, dict):
+        raise StatusError("status", "must be an object")
+    phase_text = status.get("phase") or Phase.IDLE
+    if not isinstance(phase_text, str) or phase_text not in set(Phase):
+        raise StatusError("status.phase", f"unknown phase {str(phase_text)[:40]!r}")
+    phase = Phase(phase_text)
+    current = _count(status, "currentVersion", "status.currentVersion", version=True)
+    previous = _count(status, "previousVersion", "status.previousVersion", version=True)
+    next_ = _count(status, "nextVersion", "status.nextVersion", version=True)
+    latest = _count(status, "latestVersion", "status.latestVersion") or 0
+    if latest < max(current or 0, previous or 0, next_ or 0):
+        raise StatusError("status.latestVersion", "is below a version in use")
+    if phase in _NEEDS_NEXT and next_ is None:
+        raise StatusError("status.nextVersion", f"phase {phase} needs the version under way")
+    if phase in _NEEDS_CURRENT and current is None:
+        raise StatusError("status.currentVersion", f"phase {phase} needs a current version")
+    consumers = status.get("consumers") or []
+    if not isinstance(consumers, list):
+        raise StatusError("status.consumers", "must be a list")
     emergency = status.get("emergency") or {}
+    if not isinstance(emergency, dict):
+        raise StatusError("status.emergency", "must be an object")
+    approved = emergency.get("approvedBy") or []
+    if not isinstance(approved, list) or not all(isinstance(a, str) for a in approved):
+        raise StatusError("status.emergency.approvedBy", "must be a list of names")
+    revoking = emergency.get("revoking") or []
+    if not isinstance(revoking, list):
+        raise StatusError("status.emergency.revoking", "must be a list of versions")
+    request = _text(emergency, "request", "status.emergency.request")
+    emergency_start = _time(emergency, "startTime", "status.emergency.startTime")
+    emergency_result = _text(emergency, "lastResult", "status.emergency.lastResult")
+    if request is not None and emergency_result is None and emergency_start is None:
+        raise StatusError("status.emergency.startTime", "an open request needs its start time")
     return RotationState(
-        phase=Phase(status.get("phase") or Phase.IDLE),
-        current=status.get("currentVersion"),
-        previous=status.get("previousVersion"),
-        next=status.get("nextVersion"),
-        latest=int(status.get("latestVersion") or 0),
-        rotation_count=int(status.get("rotationCount") or 0),
-        current_version_time=parse_ts(status.get("currentVersionTime")),
-        last_rotation_time=parse_ts(status.get("lastRotationTime")),
-        rotation_start_time=parse_ts(status.get("rotationStartTime")),
-        phase_start_time=parse_ts(status.get("phaseStartTime")),
-        last_probe_time=parse_ts(status.get("lastProbeTime")),
-        verified_time=parse_ts(status.get("verifiedTime")),
-        successful_rounds=int(status.get("successfulRounds") or 0),
-        last_trigger=status.get("lastTrigger"),
-        last_result=status.get("lastResult"),
-        message=status.get("message") or "",
-        consumers=tuple(
-            ConsumerResult(name=c["name"], ok=bool(c.get("ok")), message=c.get("message", ""),
-                           version=c.get("version"),
-                           consecutive_failures=int(c.get("consecutiveFailures") or 0),
-                           time=parse_ts(c.get("lastProbeTime")),
-                           pending=bool(c.get("pending")))
-            for c in status.get("consumers") or ()
-        ),
-        emergency_request=emergency.get("request"),
-        approved_by=tuple(emergency.get("approvedBy") or ()),
-        emergency_start=parse_ts(emergency.get("startTime")),
-        emergency_result=emergency.get("lastResult"),
-        revoking=tuple(int(v) for v in emergency.get("revoking") or ()),
+        phase=phase,
+        current=current,
+        previous=previous,
+        next=next_,
+        latest=latest,
+        rotation_count=_count(status, "rotationCount", "status.rotationCount") or 0,
+        current_version_time=_time(status, "currentVersionTime", "status.currentVersionTime"),
+        last_rotation_time=_time(status, "lastRotationTime", "status.lastRotationTime"),
+        rotation_start_time=_time(status, "rotationStartTime", "status.rotationStartTime"),
+        phase_start_time=_time(status, "phaseStartTime", "status.phaseStartTime"),
+        last_probe_time=_time(status, "lastProbeTime", "status.lastProbeTime"),
+        verified_time=_time(status, "verifiedTime", "status.verifiedTime"),
+        successful_rounds=_count(status, "successfulRounds", "status.successfulRounds") or 0,
+        last_trigger=_text(status, "lastTrigger", "status.lastTrigger"),
+        last_result=_text(status, "lastResult", "status.lastResult"),
+        message=_text(status, "message", "status.message") or "",
+        consumers=tuple(_consumer(c, f"status.consumers[{i}]")
+                        for i, c in enumerate(consumers)),
+        emergency_request=request,
+        approved_by=tuple(approved),
+        emergency_start=emergency_start,
+        emergency_result=emergency_result,
+        revoking=tuple(_count({"v": v}, "v", f"status.emergency.revoking[{i}]", version=True)
+                       or 0 for i, v in enumerate(revoking)),
     )
 
 

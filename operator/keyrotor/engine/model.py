@@ -82,6 +82,9 @@ class RotationSpec:
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> RotationSpec:
+        from keyrotor.engine.validation import check
+
+        spec = check(spec)  # every field's type and range first (a SpecError names it)
         rotation = spec.get("rotation") or {}
         verification = spec.get("verification") or {}
         revocation = spec.get("revocation") or {}

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
+from keyrotor.engine.fields import text
 from keyrotor.errors import SpecError
 from keyrotor.generators import Material, main_value
 from keyrotor.targets import USERNAME
@@ -79,8 +80,10 @@ class PostgresTarget:
         if len(roles) != 2 or roles[0] == roles[1]:
             raise SpecError("spec.target.postgres.roles", "name exactly two different roles")
         ref = spec["adminSecretRef"]
-        user = ctx.read_secret_key(ref["name"], ref.get("usernameKey", "username")).decode()
-        password = ctx.read_secret_key(ref["name"], ref.get("passwordKey", "password")).decode()
+        field = "spec.target.postgres.adminSecretRef"
+        user = text(ctx.read_secret_key(ref["name"], ref.get("usernameKey", "username")), field)
+        password = text(ctx.read_secret_key(ref["name"], ref.get("passwordKey", "password")),
+                        field)
         return cls(server=Server.from_spec(spec), roles=(roles[0], roles[1]),
                    admin_user=user, admin_password=password, member_of=spec.get("memberOf"),
                    terminate_sessions=bool(spec.get("terminateSessions", True)))

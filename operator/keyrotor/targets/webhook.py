@@ -25,6 +25,7 @@ import requests
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, ca_file, measured
 from keyrotor.engine.durations import parse_duration
+from keyrotor.engine.fields import text
 from keyrotor.generators import Material, main_value
 
 REJECTED = (401, 403, 404)
@@ -43,7 +44,8 @@ class WebhookTarget:
     def from_spec(cls, spec: dict[str, Any], ctx: Context) -> WebhookTarget:
         token = None
         if ref := spec.get("authSecretRef"):
-            token = ctx.read_secret_key(ref["name"], ref.get("key", "token")).decode().strip()
+            token = text(ctx.read_secret_key(ref["name"], ref.get("key", "token")),
+                         "spec.target.webhook.authSecretRef").strip()
         return cls(url=spec["url"].rstrip("/"), owner=f"{ctx.namespace}/{ctx.name}",
                    token=token, ca_bundle=spec.get("caBundle"),
                    timeout=parse_duration(spec.get("timeout", "10s"),
