@@ -47,6 +47,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before kopf and kubernetes are imported: they read $KUBECONFIG at import time.
         os.environ["KUBECONFIG"] = args.kubeconfig
+    from keyrotor import kubehttp
+
+    kubehttp.keep_official_client_out()  # before kopf: it would import it (tens of MB)
     from keyrotor.leadership import LeaseConfig, default_identity
     from keyrotor.runner import run
 

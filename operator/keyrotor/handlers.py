@@ -124,6 +124,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.request_timeout = 60
 
 
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from where keyrotor's own client finds them (in-cluster first, then
+    the kubeconfig; :mod:`keyrotor.kubehttp`). Without a login handler kopf logs in through the
+    official ``kubernetes`` package, which ``keyrotor run`` keeps out of the process. kopf
+    calls this again on a 401, which re-reads a rotated ServiceAccount token."""
+    from pathlib import Path
+
+    from keyrotor import kubehttp
+
+    creds = kubehttp.load()
+    token = creds.token
+    if creds.token_file:
+        token = Path(creds.token_file).read_text().strip()
+    return kopf.ConnectionInfo(
+        server=creds.server, ca_path=creds.ca_file, ca_data=creds.ca_data,
+        insecure=creds.insecure or None, certificate_path=creds.cert_file,
+        certificate_data=creds.cert_data, private_key_path=creds.key_file,
+        private_key_data=creds.key_data, token=token or None, username=creds.username,
+        password=creds.password, default_namespace=creds.namespace)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Tell the scheduler what exists and what changed (async: it runs on the event loop)."""

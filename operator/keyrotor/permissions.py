@@ -27,6 +27,8 @@ class Need:
     verb: str
     why: str
     subresource: str = ""
+    # In the operator's own namespace (the Lease's), not in each watched one.
+    own: bool = False
 
     @property
     def name(self) -> str:
@@ -50,28 +52,35 @@ NEEDS: tuple[Need, ...] = (
     *(Need("keyrotor.io", "rotationapprovals", verb, "to judge emergency revocation approvals "
            "(keyrotor revoke-now) and delete each one, with its code, once judged")
       for verb in ("get", "list", "watch", "delete")),
+    *(Need("", "configmaps", verb, "to keep the audit trail's chain head (ConfigMap "
+           "keyrotor-audit-head)", own=True) for verb in ("get", "create", "patch")),
 )
 
 
-def missing(api_client: Any, namespaces: Sequence[str],
-            needs: Iterable[Need] = NEEDS) -> list[tuple[str, Need]]:
-    """The (namespace, need) pairs this identity lacks; ``""`` means cluster-wide. Blocking."""
+def missing(api_client: Any, namespaces: Sequence[str], needs: Iterable[Need] = NEEDS,
+            own_namespace: str | None = None) -> list[tuple[str, Need]]:
+    """The (namespace, need) pairs this identity lacks; ``""`` means cluster-wide. The needs
+    marked ``own`` are checked in ``own_namespace`` only (None: not checked). Blocking."""
     from kubernetes import client
 
     authz: Any = client.AuthorizationV1Api(api_client)
     lacking = []
-    for namespace in namespaces or [""]:
-        for need in needs:
-            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                      "spec": {"resourceAttributes": {
-                          "namespace": namespace, "group": need.group, "verb": need.verb,
-                          "resource": need.resource, "subresource": need.subresource}}}
-            answer = authz.create_self_subject_access_review(review)
-            allowed = bool(answer.status and answer.status.allowed)
-            metrics.PERMISSION_MISSING.labels(namespace, need.verb, need.name).set(
-                0 if allowed else 1)
-            if not allowed:
-                lacking.append((namespace, need))
+    needs = tuple(needs)
+    pairs = [(namespace, need) for namespace in namespaces or [""] for need in needs
+             if not need.own]
+    if own_namespace:
+        pairs += [(own_namespace, need) for need in needs if need.own]
+    for namespace, need in pairs:
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {
+                      "namespace": namespace, "group": need.group, "verb": need.verb,
+                      "resource": need.resource, "subresource": need.subresource}}}
+        answer = authz.create_self_subject_access_review(review)
+        allowed = bool(answer.status and answer.status.allowed)
+        metrics.PERMISSION_MISSING.labels(namespace, need.verb, need.name).set(
+            0 if allowed else 1)
+        if not allowed:
+            lacking.append((namespace, need))
     return lacking
 
 

@@ -110,7 +110,12 @@ def test_rbac_cluster_wide(helm: Helm) -> None:
     assert rules[(("keyrotor.io",), ("rotatingsecrets/status",))] == {"patch"}
     assert "*" not in {verb for verbs in rules.values() for verb in verbs}
     roles = {r["metadata"]["name"]: r for r in objects["Role"]}
-    assert set(roles) == {"keyrotor-leader-election", "keyrotor-approvers"}
+    assert set(roles) == {"keyrotor-leader-election", "keyrotor-approvers", "keyrotor-audit"}
+    # The audit chain head's ConfigMap, in the release namespace only.
+    (audit_rule,) = roles["keyrotor-audit"]["rules"]
+    assert roles["keyrotor-audit"]["metadata"]["namespace"] == "keyrotor-system"
+    assert audit_rule["resources"] == ["configmaps"] and {
+        n.verb for n in NEEDS if n.resource == "configmaps" and n.own} <= set(audit_rule["verbs"])
     lease_role = roles["keyrotor-leader-election"]
     assert lease_role["metadata"]["namespace"] == "keyrotor-system"
     # The approvers' Secret (TOTP seeds) and nothing else in the release namespace.
@@ -131,13 +136,34 @@ def test_rbac_namespaced(helm: Helm) -> None:
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in objects["Role"]}
     assert roles == {("team-a", "keyrotor"), ("team-b", "keyrotor"),
                      ("keyrotor-system", "keyrotor-leader-election"),
-                     ("keyrotor-system", "keyrotor-approvers")}
+                     ("keyrotor-system", "keyrotor-approvers"),
+                     ("keyrotor-system", "keyrotor-audit")}
     bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"])
                 for b in objects["RoleBinding"]}
     assert bindings == roles
     args = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--namespace") + 1] == "team-a"
     assert args[len(args) - 1 - args[::-1].index("--namespace") + 1] == "team-b"
+
+
+def test_audit_file_on_its_volume(helm: Helm) -> None:
+    def pod(*args: str) -> dict[str, Any]:
+        spec: dict[str, Any] = kinds(helm.template(*args))["Deployment"][0]["spec"]
+        return spec["template"]["spec"]  # type: ignore[no-any-return]
+
+    default = pod()
+    (container,) = default["containers"]
+    assert flag(container["args"], "--audit-log") == "/var/log/keyrotor/audit.log"
+    assert {"name": "audit", "mountPath": "/var/log/keyrotor"} in container["volumeMounts"]
+    assert {"name": "audit", "emptyDir": {}} in default["volumes"]
+    claimed = pod("--set", "audit.volume.persistentVolumeClaim.claimName=audit",
+                  "--set", "audit.file.path=/audit/trail.jsonl")
+    assert flag(claimed["containers"][0]["args"], "--audit-log") == "/audit/trail.jsonl"
+    assert {"name": "audit", "persistentVolumeClaim": {"claimName": "audit"}} in \
+        claimed["volumes"]
+    off = pod("--set", "audit.file.enabled=false")
+    assert "--audit-log" not in off["containers"][0]["args"]
+    assert all(v["name"] != "audit" for v in off["volumes"])
 
 
 def test_deployment_defaults(helm: Helm) -> None:
@@ -268,15 +294,18 @@ def test_sharded_release_has_a_deployment_per_shard(helm: Helm) -> None:
         assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == \
             f"shard-{shard}"
         assert deployment["spec"]["replicas"] == 2
-        # The same pod as the main Deployment's, but for its labels, its Lease and its shard
-        # flags (the default anti-affinity spreads each Deployment's own pods).
+        # Its own audit file: two chains never share one.
+        assert flag(args, "--audit-log") == f"/var/log/keyrotor/audit.log.shard-{shard}"
+        # The same pod as the main Deployment's, but for its labels, its Lease, its shard
+        # flags and its audit file (the default anti-affinity spreads each Deployment's pods).
         ours, theirs = (copy.deepcopy(d["spec"]["template"]["spec"])
                         for d in (deployment, deployments["keyrotor"]))
         for pod in (ours, theirs):
             pod["containers"][0]["args"] = [a for a in pod["containers"][0]["args"]
                                             if a not in {"--shard", shard, "--other-shards",
                                                          "a,b", "keyrotor",
-                                                         f"keyrotor-shard-{shard}"}]
+                                                         f"keyrotor-shard-{shard}"}
+                                            and not a.startswith("/var/log/keyrotor/")]
             term = pod["affinity"]["podAntiAffinity"][
                 "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
             term["labelSelector"] = None

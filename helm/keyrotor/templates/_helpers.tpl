@@ -106,6 +106,16 @@ leaseName (its Lease), shardArgs (`--shard NAME` or `--other-shards A,B`, or non
 */}}
 {{- define "keyrotor.podTemplate" -}}
 {{- with .root -}}
+{{- /* The audit file (audit.file): a shard appends .shard-<name> to the path. (default dict):
+       an upgrade with --reuse-values from a chart before the audit trail has no audit value. */}}
+{{- $auditFile := ((.Values.audit | default dict).file | default dict) }}
+{{- $auditPath := "" }}
+{{- if $auditFile.enabled }}
+{{- $auditPath = $auditFile.path }}
+{{- if and $.shardArgs (eq (index $.shardArgs 0) "--shard") }}
+{{- $auditPath = printf "%s.shard-%s" $auditPath (index $.shardArgs 1) }}
+{{- end }}
+{{- end -}}
 metadata:
   labels:
     {{- $.selectorLabels | nindent 4 }}
@@ -154,6 +164,10 @@ spec:
         - --namespace
         - {{ . }}
         {{- end }}
+        {{- if $auditPath }}
+        - --audit-log
+        - {{ $auditPath | quote }}
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -194,10 +208,23 @@ spec:
         # The root filesystem is read-only; Python and libraries may need a scratch /tmp.
         - name: tmp
           mountPath: /tmp
+        {{- if $auditPath }}
+        # The audit file's directory, written (append-only) by the operator.
+        - name: audit
+          mountPath: {{ dir $auditPath | quote }}
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- if $auditPath }}
+    - name: audit
+      {{- with .Values.audit.volume }}
+      {{- toYaml . | nindent 6 }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
