@@ -17,7 +17,7 @@ The design follows client-go, for the same reasons:
 * On a graceful stop the leader releases the Lease (empty holder, duration 1 s), so a rolling
   update hands over at once instead of after ``lease_duration``.
 
-The API calls are blocking (the official client), so they run in worker threads.
+The API calls are blocking (keyrotor's urllib3 client), so they run in worker threads.
 """
 
 from __future__ import annotations
@@ -70,43 +70,33 @@ class LeaseApi(Protocol):
 
 
 class KubeLeases:
-    """:class:`LeaseApi` on the official client; 409 becomes :class:`Conflict`."""
+    """:class:`LeaseApi` on keyrotor's own client (:class:`keyrotor.kube.KubeApi`, which also
+    wraps a :class:`keyrotor.kubehttp.Client` or an official ``ApiClient``); 409 becomes
+    :class:`Conflict`. Every call has the client's deadline, so a frozen API server makes a
+    renewal fail (and the renew deadline count) instead of hanging it."""
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
+        from keyrotor.kube import KubeApi
 
-        self.api: Any = client.CoordinationV1Api(api_client)
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        import json
-
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            raw = self.api.read_namespaced_lease(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        body: dict[str, Any] = json.loads(raw.data)
-        return body
-
-    def create(self, namespace: str, body: dict[str, Any]) -> None:
-        self._write(lambda: self.api.create_namespaced_lease(namespace, body))
-
-    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        self._write(lambda: self.api.replace_namespaced_lease(name, namespace, body))
+        self.api = api_client if isinstance(api_client, KubeApi) else KubeApi(api_client)
 
     @staticmethod
-    def _write(call: Callable[[], Any]) -> None:
-        from kubernetes.client.exceptions import ApiException
+    def _path(namespace: str, name: str = "") -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases" + (
+            f"/{name}" if name else "")
 
-        try:
-            call()
-        except ApiException as exc:
-            if exc.status == 409:  # someone else wrote first (or created it)
-                raise Conflict("the Lease changed") from None
-            raise
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.api.request("GET", self._path(namespace, name), verb="get",
+                                resource="leases.coordination.k8s.io", namespace=namespace)
+
+    def create(self, namespace: str, body: dict[str, Any]) -> None:
+        self.api.request("POST", self._path(namespace), body=body, verb="create",
+                         resource="leases.coordination.k8s.io", namespace=namespace)
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        if self.api.request("PUT", self._path(namespace, name), body=body, verb="update",
+                            resource="leases.coordination.k8s.io", namespace=namespace) is None:
+            raise Conflict("the Lease is gone")  # 404: deleted since it was read
 
 
 @dataclass

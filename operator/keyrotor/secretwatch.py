@@ -19,7 +19,9 @@ then GETs the Secret and judges it. What the first list shows is trusted as long
 version annotations match the status: a restart costs no GET per object, so a value edited
 while no keyrotor ran (annotations untouched) is noticed at the next write of that Secret.
 
-The watch runs in a thread with the synchronous client (one connection per namespace);
+The watch runs in a thread with keyrotor's synchronous client (``KubeApi.core``'s two Secret
+list calls, on :mod:`keyrotor.kubehttp`; the official ``CoreV1Api`` answers the same calls, which
+tests use), one connection per namespace;
 every change reaches the cache on the event loop through ``loop.call_soon_threadsafe``.
 The cache itself takes a lock: reconcilers record their writes from worker threads.
 """
@@ -255,7 +257,7 @@ class SecretWatch:
     """Feeds a :class:`SecretCache` from one metadata-only watch per namespace, in threads."""
 
     cache: SecretCache
-    core: Any  # kubernetes.client.CoreV1Api on a client of its own
+    core: Any  # KubeApi.core (keyrotor.kubehttp), or an official CoreV1Api
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
