@@ -217,7 +217,8 @@ def test_a_presented_decoy_raises_the_alarm(control_plane: ControlPlane, kapi: K
 
 def test_a_standby_operator_answers_503_so_the_library_retries(
         control_plane: ControlPlane, crds: None, namespace: str, tmp_path: Path) -> None:
-    """Two operators with leader election: the leader answers, the standby says 503."""
+    """Two operators with leader election: the leader answers, the standby says 503; a
+    flood from one source gets 429."""
     from tests.operator.conftest import scanned_operator
 
     args = ["--leader-elect", "--leader-election-namespace", namespace]
@@ -235,3 +236,8 @@ def test_a_standby_operator_answers_503_so_the_library_retries(
                     "fingerprint": "hmac-sha256:" + "0" * 16, "identity": "x"}
             assert report(second.liveness_port, body) == 503
             assert report(first.liveness_port, body) == 404  # the leader looks it up
+            # A source that floods the endpoint is refused (20 at once, then one a second).
+            answers = [report(first.liveness_port, body) for _ in range(25)]
+            assert answers[:15] == [404] * 15 and answers[-1] == 429, answers
+            assert (first.metric("keyrotor_decoy_reports_refused_total",
+                                 reason="rate_limited") or 0) >= 1
