@@ -15,7 +15,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -127,6 +127,11 @@ def request_in_progress(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _valid(status: dict[str, Any]) -> list[int]:
+    return sorted({int(status[k]) for k in ("currentVersion", "previousVersion", "nextVersion")
+                   if status.get(k) is not None})
+
+
 def _required(obj: dict[str, Any]) -> int:
     emergency = (obj.get("status") or {}).get("emergency") or {}
     spec = (obj.get("spec") or {}).get("emergency") or {}
@@ -182,6 +187,9 @@ def _send_approval(args: argparse.Namespace, *, start: bool) -> int:
         if not CODE.match(code):
             return _fail("a TOTP code is 6 to 8 digits")
         before = {e["metadata"]["uid"] for e in api.list_events(args.namespace, args.name)}
+        emergency = (obj.get("status") or {}).get("emergency") or {}
+        earlier = set(emergency.get("approvedBy") or ()) \
+            if request is not None and emergency.get("request") == request else set()
         if request is None:
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
             request = f"r{stamp}-{secrets.token_hex(3)}"
@@ -211,7 +219,8 @@ def _send_approval(args: argparse.Namespace, *, start: bool) -> int:
         if args.wait <= 0:
             return 0
         return follow(api, args.namespace, args.name, approval=approval, request=request,
-                      approver=args.approver, wait=args.wait, seen=before)
+                      approver=args.approver, wait=args.wait, seen=before, earlier=earlier,
+                      versions=_valid(obj.get("status") or {}))
     except KeyrotorError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -221,16 +230,20 @@ def _send_approval(args: argparse.Namespace, *, start: bool) -> int:
 
 
 def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: str,
-           approver: str, wait: float, seen: set[str], interval: float = 0.5,
+           approver: str, wait: float, seen: set[str], earlier: set[str] | None = None,
+           versions: Sequence[int] = (), interval: float = 0.5,
            out: Callable[[str], None] = print) -> int:
     """Print the request's progress (status.emergency, new events of the RotatingSecret)
     until it ends or ``wait`` seconds pass. 0: revoked, or this approval accepted and the
-    request waiting for others; 1: rejected, expired, or not judged in time."""
+    request waiting for others; 1: rejected, expired, or not judged in time. ``seen``: the
+    events already there; ``earlier``: who had approved this request before; ``versions``:
+    the versions valid before (revoked by an approval)."""
     from keyrotor.approvals import PLURAL, approvals_path
     from keyrotor.kube import GROUP
 
     deadline = time.monotonic() + wait
     shown: dict[str, Any] | None = None
+    revoking = list(versions)  # the versions an approval revokes (as last seen)
     judged_at: float | None = None
     accepted = rejected = False
     while True:
@@ -249,6 +262,8 @@ def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: s
                     message.startswith((f"approval by {approver} ", f"{approver} already")):
                 rejected = True
         ours = emergency.get("request") == request
+        if not emergency.get("lastResult"):
+            revoking = [int(v) for v in emergency.get("revoking") or ()] or _valid(status)
         approved_by = list(emergency.get("approvedBy") or []) if ours else []
         required = _required(obj)
         if judged_at is None and api.request(
@@ -267,11 +282,11 @@ def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: s
                 out(line)
             elif status.get("phase") == "EmergencyRevoking":
                 out(f"approved by {', '.join(approved_by)}: revoking now")
-        if approver in approved_by:
+        if approver in approved_by and approver not in (earlier or set()):
             accepted = True
         if ours and emergency.get("lastResult") == "Approved":
-            out(str(status.get("message") or f"version {status.get('currentVersion')} is "
-                                                "current; older versions revoked"))
+            old = ", ".join(str(v) for v in revoking) or "none"
+            out(f"version {status.get('currentVersion')} is current; versions {old} revoked")
             return 0
         if ours and emergency.get("lastResult") in ("Expired", "Rejected"):
             out(f"request {request} ended: {emergency['lastResult']}")
