@@ -53,6 +53,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from keyrotor.leadership import LeaseConfig, default_identity
     from keyrotor.runner import run
 
+    if args.no_audit_stdout and not args.audit_log:
+        print("keyrotor run: --no-audit-stdout needs --audit-log (the audit trail needs a "
+              "sink)", file=sys.stderr)
+        return 2
     lease = None
     if args.leader_elect:
         try:
@@ -71,7 +75,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         liveness_port=args.liveness_port, log_format=args.log_format, verbose=args.verbose,
         kubeconfig=args.kubeconfig, phase_pause=args.phase_pause,
         restart_debounce=args.restart_debounce, lease=lease, workers=args.workers,
-        shard=args.shard, other_shards=[s for s in (args.other_shards or "").split(",") if s])
+        shard=args.shard, other_shards=[s for s in (args.other_shards or "").split(",") if s],
+        audit_log=args.audit_log, audit_stdout=not args.no_audit_stdout,
+        audit_head_configmap=args.audit_head_configmap)
     return 0
 
 
@@ -167,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-debounce", type=float, default=None, metavar="SECONDS",
                    help="rollout restarts of one workload requested within this window are "
                         "merged into one (default 10)")
+    audit_flags = p.add_argument_group(
+        "audit trail", "one hash-chained JSON line per action, on stdout and in a file; the "
+        "chain head in a ConfigMap of the operator's namespace (keyrotor audit verify)")
+    audit_flags.add_argument("--audit-log", metavar="PATH",
+                             help="also append the audit trail to this file (default: stdout "
+                                  "only)")
+    audit_flags.add_argument("--no-audit-stdout", action="store_true",
+                             help="do not write the audit trail to stdout (needs --audit-log)")
+    audit_flags.add_argument("--audit-head-configmap", metavar="NAME",
+                             help="ConfigMap keeping the chain head (default "
+                                  "keyrotor-audit-head, keyrotor-audit-head-shard-NAME with "
+                                  "--shard; empty: none)")
     election = p.add_argument_group(
         "leader election", "several replicas: only the holder of a coordination.k8s.io Lease "
         "reconciles; the others stand by and take over when it is not renewed")

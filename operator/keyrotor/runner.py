@@ -64,7 +64,8 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
         kubeconfig: str | None = None, stop_flag: asyncio.Event | None = None,
         phase_pause: float = 0.0, restart_debounce: float | None = None,
         lease: LeaseConfig | None = None, workers: int = 16, shard: str | None = None,
-        other_shards: Sequence[str] = ()) -> None:
+        other_shards: Sequence[str] = (), audit_log: str | None = None,
+        audit_stdout: bool = True, audit_head_configmap: str | None = None) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json"
@@ -75,7 +76,9 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
                              liveness_port=liveness_port, stop_flag=stop_flag,
                              phase_pause=phase_pause, restart_debounce=restart_debounce,
                              lease=lease, workers=workers, shard=shard,
-                             other_shards=other_shards))
+                             other_shards=other_shards, audit_log=audit_log,
+                             audit_stdout=audit_stdout,
+                             audit_head_configmap=audit_head_configmap))
     if code:
         sys.exit(code)
 
@@ -83,9 +86,12 @@ def run(*, namespaces: Sequence[str] = (), metrics_port: int = 8080,
 async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: int | None,
                 stop_flag: asyncio.Event | None, phase_pause: float,
                 restart_debounce: float | None, lease: LeaseConfig | None,
-                workers: int, shard: str | None, other_shards: Sequence[str]) -> int:
+                workers: int, shard: str | None, other_shards: Sequence[str],
+                audit_log: str | None = None, audit_stdout: bool = True,
+                audit_head_configmap: str | None = None) -> int:
     from keyrotor import handlers, permissions  # registers the handlers with kopf
-    from keyrotor.kube import load_client
+    from keyrotor.audit import DEFAULT_CONFIGMAP, open_audit, operator_namespace
+    from keyrotor.kube import KubeApi, load_client
 
     if metrics_port:
         metrics.serve(metrics_port)
@@ -95,6 +101,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
     site = await health.serve(liveness_port) if liveness_port else None
     stop = stop_flag or asyncio.Event()
     stopping: list[Callable[[], Awaitable[None]]] = []
+    audit = None
     # One API client for the whole process: a connection per reconcile worker, and a few
     # more for the Lease, the permission check and the Secret watch.
     api_client = load_client(pool_size=workers + 4)
@@ -114,12 +121,22 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
 
         lacking = await asyncio.to_thread(permissions.missing, api_client, namespaces)
         permissions.report(lacking)
+        # The audit trail (keyrotor.audit), opened by the leader only: one writer of the chain
+        # and of its head, in the operator's own namespace (the Lease's).
+        audit = await asyncio.to_thread(
+            open_audit, file=audit_log, stdout=audit_stdout, api=KubeApi(api_client),
+            namespace=lease.namespace if lease is not None else operator_namespace(),
+            configmap=audit_head_configmap if audit_head_configmap is not None else (
+                f"{DEFAULT_CONFIGMAP}-shard-{shard}" if shard else DEFAULT_CONFIGMAP))
         shared = handlers.Shared.create(
             api_client, phase_pause=phase_pause, namespaces=namespaces, workers=workers,
             shard=shard, other_shards=other_shards,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
+        # TODO(lead): hand `audit` to Shared (Shared.create(..., audit=audit)) once it takes
+        # it; until then only the decoy reports below record to it.
         health.ready = True
-        health.reports.start(shared.api, namespaces)  # leader or single: answer reports
+        # Leader or single: answer reports.
+        health.reports.start(shared.api, namespaces, audit=audit)
         # Blocking client calls run in threads: one per worker, plus some for the rest.
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=workers + 4,
@@ -151,6 +168,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
     finally:
         for stop_it in stopping:
             await stop_it()
+        if audit is not None:  # after the scheduler: no more lines; writes the final head
+            await asyncio.to_thread(audit.close)
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)
         if site is not None:
