@@ -235,6 +235,10 @@ FOUND = [
     (_spec(decoys={"count": -1}), "spec.decoys.count"),
     (_spec(strategy=None), "spec.strategy"),
     ({"generator": {"random": {}}}, "spec.secretName"),  # KeyError in the reconciler
+    # Admitted; found by the cluster campaign: a UnicodeDecodeError when the first version
+    # was activated at the target.
+    (_spec(generator={"symmetric": {"algorithm": "AES-256"}},
+           target={"webhook": {"url": "http://keys:8080"}}), "spec.generator.symmetric"),
     ([], "spec"),
 ]
 
@@ -290,3 +294,17 @@ def test_found_status_defects_are_keyrotor_errors_naming_the_field(status: Any,
     assert raised.value.field == field
     assert str(raised.value).startswith(field + ": ")
     assert isinstance(raised.value, KeyrotorError) and not raised.value.temporary
+
+
+def test_vault_kubernetes_auth_without_a_token_file_names_the_field(tmp_path: Any) -> None:
+    """Found by the cluster campaign: outside a pod (or with a wrong tokenPath) the login was
+    a FileNotFoundError, reported as an unexpected InternalError."""
+    from keyrotor.backends import vault
+
+    spec = {"address": "http://127.0.0.1:9", "transit": {"key": "k"},
+            "auth": {"kubernetes": {"role": "r", "tokenPath": str(tmp_path / "none")}}}
+    backend = generators.from_spec({"vault": spec}, stand_in_context(b"t"))
+    assert isinstance(backend, vault.VaultTransit)
+    with pytest.raises(SpecError) as raised:
+        backend.client()
+    assert raised.value.field == "spec.generator.vault.auth.kubernetes.tokenPath"

@@ -50,7 +50,14 @@ def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
                 client.token = ctx.read_secret_key(ref["name"], ref.get("key", "token")).decode()
             elif kube := auth.get("kubernetes"):
                 jwt_path = Path(kube.get("tokenPath") or SA_TOKEN)
-                client.auth.kubernetes.login(kube["role"], jwt_path.read_text().strip(),
+                try:
+                    jwt = jwt_path.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:  # no token mounted (not a pod?)
+                    raise SpecError("spec.generator.vault.auth.kubernetes.tokenPath",
+                                    f"cannot read a ServiceAccount token from {jwt_path} "
+                                    f"({type(exc).__name__}); mount one or set tokenPath"
+                                    ) from None
+                client.auth.kubernetes.login(kube["role"], jwt,
                                              mount_point=kube.get("mount", "kubernetes"))
             else:
                 raise SpecError("spec.generator.vault.auth",

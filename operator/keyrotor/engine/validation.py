@@ -68,9 +68,7 @@ def _generator(spec: dict[str, Any]) -> None:
         f.string(symmetric, "algorithm", "spec.generator.symmetric.algorithm")
     if pair := f.obj(gen, "keyPair", "spec.generator.keyPair"):
         f.string(pair, "algorithm", "spec.generator.keyPair.algorithm")
-        formats = f.array(pair, "formats", "spec.generator.keyPair.formats")
-        if pair.get("formats") is not None and not formats:
-            raise SpecError("spec.generator.keyPair.formats", "list pem, jwk or both")
+        formats = f.array(pair, "formats", "spec.generator.keyPair.formats")  # []: both
         for i, item in enumerate(formats):
             f.string({"x": item}, "x", f"spec.generator.keyPair.formats[{i}]",
                      allowed=("pem", "jwk"))
@@ -218,6 +216,14 @@ def check(spec: Any) -> dict[str, Any]:
     _generator(spec)
     _consumers(spec)
     _target(spec)
+    target = f.obj(spec, "target", "spec.target")
+    if "symmetric" in f.obj(spec, "generator", "spec.generator") and (
+            "webhook" in target or "postgres" in target):
+        # Raw key bytes are no text: a webhook's JSON body and a PostgreSQL password carry
+        # text (it was a UnicodeDecodeError when the version was activated).
+        raise SpecError("spec.generator.symmetric", f"makes raw bytes, which spec.target."
+                        f"{'webhook' if 'webhook' in target else 'postgres'} cannot take; use "
+                        "generator.random")
     for i, item in enumerate(f.array(spec, "rolloutRestartTargets",
                                      "spec.rolloutRestartTargets")):
         workload = f.mapping(item, f"spec.rolloutRestartTargets[{i}]")
