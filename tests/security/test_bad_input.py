@@ -308,3 +308,20 @@ def test_vault_kubernetes_auth_without_a_token_file_names_the_field(tmp_path: An
     with pytest.raises(SpecError) as raised:
         backend.client()
     assert raised.value.field == "spec.generator.vault.auth.kubernetes.tokenPath"
+
+
+def test_a_vault_token_or_hsm_pin_that_is_not_utf8_names_the_reference() -> None:
+    """A Vault token or PKCS#11 PIN Secret holding other bytes was a UnicodeDecodeError at the
+    first backend call (an unexpected InternalError)."""
+    ctx = stand_in_context(b"\xff\xfe")
+    vault = generators.from_spec({"vault": {
+        "address": "http://127.0.0.1:9", "kv": {"path": "p"},
+        "auth": {"tokenSecretRef": {"name": "vault-token"}}}}, ctx)
+    with pytest.raises(SpecError) as raised:
+        vault.client()  # type: ignore[attr-defined]
+    assert raised.value.field == "spec.generator.vault.auth.tokenSecretRef"
+    hsm = generators.from_spec({"hsm": {"module": "/nowhere.so", "tokenLabel": "t",
+                                        "pinSecretRef": {"name": "pin"}}}, ctx)
+    with pytest.raises(SpecError) as raised:
+        hsm._session()  # type: ignore[attr-defined]
+    assert raised.value.field == "spec.generator.hsm.pinSecretRef"

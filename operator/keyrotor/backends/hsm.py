@@ -20,6 +20,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, measured
+from keyrotor.engine.fields import text
 from keyrotor.errors import SpecError
 from keyrotor.generators import Material
 
@@ -62,7 +63,8 @@ class Hsm:
 
     def _session(self) -> Any:
         ref = self.spec["pinSecretRef"]
-        pin = self.ctx.read_secret_key(ref["name"], ref.get("key", "pin")).decode()
+        pin = text(self.ctx.read_secret_key(ref["name"], ref.get("key", "pin")),
+                   "spec.generator.hsm.pinSecretRef")
         try:
             token = _lib(self.spec["module"]).get_token(token_label=self.spec["tokenLabel"])
             return token.open(user_pin=pin, rw=True)

@@ -26,6 +26,7 @@ import requests
 from hvac import exceptions as vault_errors
 
 from keyrotor.backends import BackendConflict, BackendUnavailable, Context, ca_file, measured
+from keyrotor.engine.fields import text
 from keyrotor.errors import SpecError
 from keyrotor.generators import Material
 from keyrotor.generators.local import RandomString
@@ -47,7 +48,8 @@ def _client(spec: dict[str, Any], ctx: Context) -> hvac.Client:
     with measured("vault", "login"):
         try:
             if ref := auth.get("tokenSecretRef"):
-                client.token = ctx.read_secret_key(ref["name"], ref.get("key", "token")).decode()
+                client.token = text(ctx.read_secret_key(ref["name"], ref.get("key", "token")),
+                                    "spec.generator.vault.auth.tokenSecretRef")
             elif kube := auth.get("kubernetes"):
                 jwt_path = Path(kube.get("tokenPath") or SA_TOKEN)
                 try:
