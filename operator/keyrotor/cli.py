@@ -241,10 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(p)
     p.set_defaults(func=_cmd_audit_verify)
 
-    from keyrotor import approvalcli  # approvers, revoke-now, approve (imports nothing heavy)
-
-    approvalcli.add_parsers(sub, client_flags)
-
     dev = sub.add_parser("dev", help="developer helpers (local control plane)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="WHAT")
     p = dev_sub.add_parser("cluster", help="a local kube-apiserver + etcd built from Go modules")
