@@ -119,13 +119,16 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             metrics.LEADER.set(1)
             health.role = "single"
 
-        lacking = await asyncio.to_thread(permissions.missing, api_client, namespaces)
+        # The operator's own namespace: the Lease's, and the audit chain head's.
+        own_namespace = lease.namespace if lease is not None else operator_namespace()
+        lacking = await asyncio.to_thread(permissions.missing, api_client, namespaces,
+                                          own_namespace=own_namespace)
         permissions.report(lacking)
         # The audit trail (keyrotor.audit), opened by the leader only: one writer of the chain
-        # and of its head, in the operator's own namespace (the Lease's).
+        # and of its head.
         audit = await asyncio.to_thread(
             open_audit, file=audit_log, stdout=audit_stdout, api=KubeApi(api_client),
-            namespace=lease.namespace if lease is not None else operator_namespace(),
+            namespace=own_namespace,
             configmap=audit_head_configmap if audit_head_configmap is not None else (
                 f"{DEFAULT_CONFIGMAP}-shard-{shard}" if shard else DEFAULT_CONFIGMAP))
         shared = handlers.Shared.create(
