@@ -8,8 +8,9 @@ thief would, and presents it to the acceptor:
 * the acceptor refuses it and says "decoy" (verify), and counts it
   (``keyrotor_client_decoy_presentations_total``);
 * the library reports it to the operator's endpoint, which checks it against the Secret's
-  annotation and posts the Warning event ``DecoyPresented`` on the RotatingSecret, naming the
-  decoy's fingerprint and the identity, and counts ``keyrotor_decoy_presentations_total``;
+  annotation, records an audit entry (``decoy.presented``), posts the Warning event
+  ``DecoyPresented`` on the RotatingSecret, naming the decoy's fingerprint and the identity,
+  and counts ``keyrotor_decoy_presentations_total``;
 * the rule ``KeyrotorDecoyPresented`` (monitoring/alerts.py) returns the acceptor's series in
   the real Prometheus (its ``for`` is 0m, so that is the alert firing; promtool checks the
   rule's timing);
@@ -87,6 +88,17 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def audited(log: str) -> list[dict[str, Any]]:
+    """The decoy.presented lines of the audit trail in an operator's log."""
+    entries = []
+    for line in log.splitlines():
+        if line.startswith("{") and '"decoy.presented"' in line:
+            entry = json.loads(line)
+            if entry.get("action") == "decoy.presented":
+                entries.append(entry)
+    return entries
+
+
 def test_a_presented_decoy_raises_the_alarm(control_plane: ControlPlane, kapi: KubeApi,
                                             namespace: str, operator: OperatorProcess,
                                             prometheus: PrometheusServer,
@@ -153,6 +165,11 @@ def test_a_presented_decoy_raises_the_alarm(control_plane: ControlPlane, kapi: K
         assert len(named) == 1 and THIEF in event["message"], event["message"]
         assert operator.metric("keyrotor_decoy_presentations_total", namespace=namespace,
                                name=NAME) == 1
+        # The audit entry (the operator's audit trail on stdout): fingerprint and who.
+        (entry,) = wait_for(lambda: audited(operator.log_text()), timeout=10,
+                            what="the decoy.presented audit entry")
+        assert entry["fingerprints"] == {"decoy": named[0]}
+        assert entry["actor"] == f"presenter:{THIEF}" and entry["name"] == NAME
         consumer = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert metric(consumer, "keyrotor_client_decoy_presentations_total", secret=NAME) == 1
         assert metric(consumer, "keyrotor_client_decoy_reports_total", secret=NAME,
