@@ -29,6 +29,8 @@ class Need:
     subresource: str = ""
     # In the operator's own namespace (the Lease's), not in each watched one.
     own: bool = False
+    # One object only (a Role's resourceNames); empty: any object.
+    object_name: str = ""
 
     @property
     def name(self) -> str:
@@ -54,6 +56,9 @@ NEEDS: tuple[Need, ...] = (
       for verb in ("get", "list", "watch", "delete")),
     *(Need("", "configmaps", verb, "to keep the audit trail's chain head (ConfigMap "
            "keyrotor-audit-head)", own=True) for verb in ("get", "create", "patch")),
+    *(Need("", "secrets", verb, "to read the TOTP approvers and record each judged code "
+           "(Secret keyrotor-approvers)", own=True, object_name="keyrotor-approvers")
+      for verb in ("get", "update")),
 )
 
 
@@ -74,7 +79,8 @@ def missing(api_client: Any, namespaces: Sequence[str], needs: Iterable[Need] = 
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                   "spec": {"resourceAttributes": {
                       "namespace": namespace, "group": need.group, "verb": need.verb,
-                      "resource": need.resource, "subresource": need.subresource}}}
+                      "resource": need.resource, "subresource": need.subresource,
+                      "name": need.object_name}}}
         answer = authz.create_self_subject_access_review(review)
         allowed = bool(answer.status and answer.status.allowed)
         metrics.PERMISSION_MISSING.labels(namespace, need.verb, need.name).set(
