@@ -18,6 +18,9 @@ from keyrotor.testing.prometheusserver import PrometheusServer
 from keyrotor.testing.softhsm import SoftHsmToken, init_token
 from keyrotor.testing.vaultserver import VaultServer
 
+# Every control plane is scanned for leaked secret material as it stops (tests/secretscan.py).
+pytest_plugins = ["tests.secretscan"]
+
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:

@@ -55,6 +55,10 @@ from keyrotor.testing.toolchain import Binaries, ensure_binaries
 from keyrotor.testing.waiting import wait_for
 
 DIR_PREFIX = "keyrotor-cp-"
+# Called with each plane just before it stops, while its API server still answers: the test
+# suite's secret scan (tests/secretscan.py) reads every object from it there. An exception
+# from a hook is raised once both processes are stopped.
+STOP_HOOKS: list[Callable[[ControlPlane], None]] = []
 
 
 def free_port() -> int:
@@ -232,10 +236,20 @@ class ControlPlane:
         etcd = self._procs.get("etcd")
         if etcd is not None and etcd.poll() is None:
             os.kill(etcd.pid, signal.SIGCONT)  # a paused etcd would not see SIGTERM
+            self.etcd_paused = False
+        failure: Exception | None = None
+        if self.apiserver_running and self.kubeconfig.is_file():
+            for hook in list(STOP_HOOKS):
+                try:
+                    hook(self)
+                except Exception as exc:  # stop the servers first, then report it
+                    failure = failure or exc
         for name in ("kube-apiserver", "etcd"):
             stop(self._procs.pop(name, None))
         if self.attached and getattr(self, "workdir", None) is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if failure is not None:
+            raise failure
 
     # ---- faults ----------------------------------------------------------------------------
 
