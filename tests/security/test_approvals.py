@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pyotp
@@ -64,6 +65,25 @@ def approval_crds(control_plane: ControlPlane) -> None:
 @pytest.fixture(scope="session")
 def kapi(kube: client.ApiClient) -> KubeApi:
     return KubeApi(kube)
+
+
+@pytest.fixture(autouse=True)
+def forget_approvers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test with a namespace: delete its approvers' Secret and RotationApprovals. The
+    seeds made here are checked by these tests; left behind, the suite-wide secret scan
+    (tests/secretscan.py) would look for every code they produced in every number it sees."""
+    if "namespace" not in request.fixturenames:
+        yield
+        return
+    # Asked for here (set up before, torn down after this fixture).
+    namespace = request.getfixturevalue("namespace")
+    plane: ControlPlane = request.getfixturevalue("control_plane")
+    yield
+    plane.kubectl("delete", "secret", "keyrotor-approvers", "-n", namespace,
+                  "--ignore-not-found")
+    # check=False: tests without the approval_crds fixture may run before the CRD exists.
+    plane.kubectl("delete", "rotationapprovals", "--all", "-n", namespace, "--ignore-not-found",
+                  check=False)
 
 
 def seed_of(kapi: KubeApi, namespace: str, name: str) -> str:
