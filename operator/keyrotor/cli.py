@@ -129,8 +129,11 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"keyrotor audit verify: {exc}", file=sys.stderr)
         return 2
     try:
-        with open(args.file, "rb") as lines:
-            verdict = verify(lines, head)
+        if args.file == "-":  # e.g. kubectl logs ... | grep keyrotor.io/audit/v1 | ... -
+            verdict = verify(sys.stdin.buffer, head)
+        else:
+            with open(args.file, "rb") as lines:
+                verdict = verify(lines, head)
     except OSError as exc:
         print(f"keyrotor audit verify: {exc}", file=sys.stderr)
         return 2
@@ -228,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit_sub.add_parser(
         "verify", help="check an audit file's hash chain and, with a head, that nothing was "
                        "cut off its end; exit 1 naming the first bad line")
-    p.add_argument("file")
+    p.add_argument("file", help="the audit file (-: standard input)")
     heads = p.add_mutually_exclusive_group()
     heads.add_argument("--head", metavar="SEQ:HASH", help="the chain head to check the end "
                                                           "against")

@@ -216,6 +216,12 @@ def test_cli_verify_end_to_end(control_plane: ControlPlane, api: KubeApi, namesp
     assert result.returncode == 1 and "line 2: seq 3 after seq 1: 1 entry missing" in \
         result.stdout
 
+    # From a pipe, e.g. the operator's stdout picked out of its logs.
+    piped = subprocess.run([sys.executable, "-m", "keyrotor", "audit", "verify", "-", "--head",
+                            str(head)], input=path.read_bytes(), capture_output=True,
+                           timeout=60, check=False)
+    assert piped.returncode == 0 and b"6 entries, chain intact" in piped.stdout
+
     missing = cli(control_plane, str(path), "--head-from-cluster", "--namespace", namespace,
                   "--configmap", "no-such-head")
     assert missing.returncode == 2 and "no head in ConfigMap" in missing.stderr
