@@ -28,6 +28,7 @@ from keyrotor.kube import KubeApi
 from keyrotor.testing.controlplane import ControlPlane, free_port
 from keyrotor.testing.toolchain import repo_root
 from keyrotor.testing.waiting import wait_for
+from tests import secretscan
 
 SECRET_VALUES: set[str] = set()  # every secret value a test saw, for the leak scan
 
@@ -88,7 +89,9 @@ class OperatorProcess:
                 self.kill()
 
     def metrics(self) -> str:
-        return self.fetch(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        text = self.fetch(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        secretscan.note(f"metrics of the operator at :{self.metrics_port}", text)  # last one
+        return text
 
     def fetch(self, url: str) -> str:
         try:
