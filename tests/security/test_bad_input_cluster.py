@@ -14,6 +14,7 @@ The counts are printed (``-s`` shows them) and recorded in bench/RESULTS.md.
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
@@ -61,6 +62,32 @@ def unique_secret_name(spec: dict[str, Any], index: int) -> dict[str, Any]:
     return spec
 
 
+REFS = ("authSecretRef", "tokenSecretRef", "pinSecretRef", "adminSecretRef")
+REF_SECRETS = {  # what referenced Secrets hold: text, and bytes that are not UTF-8
+    "ref-text": {k: base64.b64encode(b"s3cr3t-" + k.encode()).decode()
+                 for k in ("token", "pin", "username", "password")},
+    "ref-binary": {k: base64.b64encode(b"\xff\xfe\x00" + k.encode()).decode()
+                   for k in ("token", "pin", "username", "password")},
+}
+
+
+def existing_refs(value: Any, index: int) -> Any:
+    """``value`` with each Secret reference that names a valid Secret pointed at one of the
+    Secrets made for the campaign, so the operator goes on to read it (missing ones are
+    covered by the hostile names that stay)."""
+    if isinstance(value, list):
+        return [existing_refs(v, index) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in REFS and isinstance(item, dict) and isinstance(item.get("name"), str) \
+                and NAME.match(item["name"]) and index % 4 != 0:
+            item = {**item, "name": "ref-binary" if index % 4 == 3 else "ref-text"}
+        out[key] = existing_refs(item, index)
+    return out
+
+
 @pytest.fixture
 def operator(control_plane: ControlPlane, crds: None, namespace: str,
              tmp_path: Path) -> Iterator[OperatorProcess]:
@@ -96,6 +123,9 @@ def test_generated_specs_through_admission_and_a_running_operator(
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "RotatingSecret",
             "metadata": {"name": name}, "spec": spec})
 
+    for name, data in REF_SECRETS.items():
+        client.CoreV1Api(kube).create_namespaced_secret(namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name), data=data))
     create("canary", {"secretName": "canary", "generator": {"random": {"length": 32}},
                       "rotation": {"minOverlap": "1s"}})
     wait_status(kapi, namespace, "canary", lambda s: s.get("currentVersion") == 1,
@@ -108,7 +138,7 @@ def test_generated_specs_through_admission_and_a_running_operator(
         name = f"bad-{index:03d}"
         counts["tried"] += 1
         try:
-            create(name, unique_secret_name(spec, index))
+            create(name, existing_refs(unique_secret_name(spec, index), index))
         except ApiException as exc:
             assert exc.status in (400, 422), f"{name}: HTTP {exc.status}: {exc.body}"
             counts["rejected at admission"] += 1
