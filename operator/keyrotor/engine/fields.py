@@ -2,10 +2,12 @@
 
 Admission (the CRD's schema and CEL rules) already rejects most bad specs, but the operator
 must not rely on it alone: a CRD applied without its validations, an older CRD version, or a
-status subresource edited by hand can hand the parsers anything JSON can hold. Every parser
-(``RotationSpec.parse``, the generators, targets and probes) reads through these helpers, so a
-wrong type, an absurd number or an odd duration becomes ``spec.<field>: <what to write>``
-(the Degraded condition and one Warning event), never a ``TypeError`` deep in a reconcile.
+reconcile of an object admitted before a rule existed can hand the parsers anything JSON can
+hold. ``RotationSpec.parse`` checks every field through these helpers first
+(:mod:`keyrotor.engine.validation`), so a wrong type, an absurd number or an odd duration
+becomes ``spec.<field>: <what to write>`` (the Degraded condition and one Warning event),
+never a ``TypeError`` deep in a reconcile; :func:`text` does the same for credentials read
+from referenced Secrets.
 
 All helpers take the parent mapping, the key and the field's path for messages; ``default`` is
 returned when the key is absent or null (the API server drops nulls on write, so both mean
