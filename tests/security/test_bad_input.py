@@ -44,9 +44,9 @@ from keyrotor.reconciler import _probes
 from tests.security.specs import HOSTILE, UNICODE, specs
 
 EXAMPLES = int(os.environ.get("KEYROTOR_FUZZ_EXAMPLES", "0"))
-CAMPAIGN = settings(max_examples=EXAMPLES or 2000, derandomize=True, database=None,
+CAMPAIGN = settings(max_examples=EXAMPLES or 1800, derandomize=True, database=None,
                     deadline=None, suppress_health_check=list(HealthCheck))
-STATUSES = settings(max_examples=EXAMPLES or 800, derandomize=True, database=None,
+STATUSES = settings(max_examples=EXAMPLES or 1000, derandomize=True, database=None,
                     deadline=None, suppress_health_check=list(HealthCheck))
 
 T0 = datetime.datetime(2026, 12, 3, 4, 0, tzinfo=datetime.UTC)
