@@ -16,7 +16,8 @@ quota cluster.py raises to 8 GiB, and in kube-apiserver's watch cache: mind the 
 ``--tracemalloc FRAMES`` runs the operator under tracemalloc (bench/instrumented_operator.py)
 and records its top 20 allocation sites once it is quiet: where the memory goes.
 
-Run: scripts/bench burst N [--unrelated M] [--threads T] [--tracemalloc FRAMES]
+Run: scripts/bench burst N [--unrelated M [--unrelated-kib K]] [--threads T]
+[--tracemalloc FRAMES]
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from keyrotor.testing.waiting import wait_for
 NS, UNRELATED = "bench", "unrelated"
 
 
-def create_unrelated(rest: Rest, count: int, threads: int) -> float:
-    """M Secrets of 512 KiB of random bytes each, in namespace ``unrelated``; seconds taken."""
-    blob = base64.b64encode(os.urandom(512 * 1024)).decode()
+def create_unrelated(rest: Rest, count: int, threads: int, kib: int = 512) -> float:
+    """M Secrets of ``kib`` KiB of random bytes each, in namespace ``unrelated``; seconds
+    taken."""
+    blob = base64.b64encode(os.urandom(kib * 1024)).decode()
     bodies = [{"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": f"unrelated-{i:05d}", "namespace": UNRELATED,
                             "labels": {"app": "unrelated"}},
@@ -86,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("objects", type=int, nargs="?", default=1000)
     parser.add_argument("--unrelated", type=int, default=0, metavar="M")
+    parser.add_argument("--unrelated-kib", type=int, default=512, metavar="K",
+                        help="size of each unrelated Secret's data (default 512 KiB)")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
@@ -96,8 +100,8 @@ def main() -> None:
     n = args.objects
     namespaces = (NS, UNRELATED) if args.unrelated else (NS,)
     with tempfile.TemporaryDirectory() as tmp, cluster(*namespaces) as b:
-        unrelated_s = create_unrelated(b.rest, args.unrelated, args.threads) \
-            if args.unrelated else 0.0
+        unrelated_s = create_unrelated(b.rest, args.unrelated, args.threads,
+                                       args.unrelated_kib) if args.unrelated else 0.0
         dump = Path(tmp) / "tracemalloc.txt"
         operator = Operator(b.plane, Path(tmp) / "operator.log",
                             namespaces=() if args.unrelated else (NS,),
@@ -140,7 +144,8 @@ def main() -> None:
         f"namespace; operator {'cluster-wide' if args.unrelated else f'namespaced (-n {NS})'}",
     ]
     if args.unrelated:
-        lines.append(f"- unrelated: {args.unrelated} Secrets of 512 KiB in namespace "
+        lines.append(f"- unrelated: {args.unrelated} Secrets of {args.unrelated_kib} KiB "
+                     f"({args.unrelated * args.unrelated_kib / 2**20:.2f} GiB) in namespace "
                      f"`{UNRELATED}`, created before the operator started ({unrelated_s:.1f} s)")
     lines += [
         f"- creation: {n} POSTs from {args.threads} threads in {creation:.2f} s "
@@ -172,7 +177,8 @@ def main() -> None:
                   "and CPU above include tracing), allocations when quiet:", "", "```",
                   *allocations.rstrip().splitlines(), "```"]
     title = f"Burst of {n} RotatingSecrets" + (
-        f" with {args.unrelated} unrelated 512 KiB Secrets" if args.unrelated else "")
+        f" with {args.unrelated} unrelated {args.unrelated_kib} KiB Secrets"
+        if args.unrelated else "")
     record(title, lines)
 
 

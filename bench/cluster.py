@@ -586,7 +586,9 @@ class Operator:
 
     def _get(self, port: int, path: str, timeout: float = 2) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}; see {self.log}")
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"operator exited with {self.proc.returncode}; the end of its "
+                               f"log ({self.log}):\n{tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
                                         timeout=timeout) as resp:

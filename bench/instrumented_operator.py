@@ -9,6 +9,11 @@ instruments the benchmarks need before the operator has them itself.
   operator writes the biggest allocation sites (by file and line, and by file) to
   $KEYROTOR_TRACEMALLOC_OUT. Used by ``burst.py --tracemalloc``. Tracing costs CPU and memory
   itself: RSS under tracing is not comparable with RSS without.
+* kopf settings overridden after keyrotor's own ``configure()``, from $KEYROTOR_BENCH_SETTINGS
+  (JSON, e.g. ``{"watching.chunk_size": 500}``): compares settings on one code version.
+  Used by ``restart.py --settings``.
+* ``malloc_trim(0)`` on SIGUSR2 (glibc: return freed heap pages to the system), so a benchmark
+  can measure how much of the RSS is freed memory glibc kept. Used by ``restart.py --trim``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ def top_allocations(limit: int = 20) -> str:
              f"top {limit} by file and line:"]
     lines += [f"{s.size / 1e6:8.2f} MB {s.count:8d} blocks  {s.traceback}"
               for s in snapshot.statistics("lineno")[:limit]]
+    if tracemalloc.get_traceback_limit() > 1:
+        lines += ["", "top 3 by traceback (innermost last):"]
+        for stat in snapshot.statistics("traceback")[:3]:
+            lines += [f"{stat.size / 1e6:8.2f} MB {stat.count:8d} blocks",
+                      *(f"    {line}" for line in stat.traceback.format()[-16:])]
     lines += ["", f"top {limit} by file:"]
     lines += [f"{s.size / 1e6:8.2f} MB {s.count:8d} blocks  {s.traceback}"
               for s in snapshot.statistics("filename")[:limit]]
@@ -78,13 +88,46 @@ def wrap_lag_probe() -> None:
     runner._main = _main  # a seam for benchmarks only
 
 
+def override_settings() -> None:
+    raw = os.environ.get("KEYROTOR_BENCH_SETTINGS")
+    if not raw:
+        return
+    import json
+
+    import kopf
+
+    from keyrotor import handlers  # registers keyrotor's configure() first
+
+    assert handlers.configure
+
+    @kopf.on.startup()
+    def bench_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        for dotted, value in json.loads(raw).items():
+            section, name = dotted.split(".")
+            setattr(getattr(settings, section), name, value)
+
+
+def trim_on_signal() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    signal.signal(signal.SIGUSR2, lambda _signum, _frame: libc.malloc_trim(0))
+
+
 if __name__ == "__main__":
-    # keyrotor.runner imports kopf, which imports the kubernetes client, which reads
-    # $KUBECONFIG once at import: set it first, as `keyrotor run --kubeconfig` does later.
+    # Set $KUBECONFIG first, as `keyrotor run --kubeconfig` does before importing kopf.
     if "--kubeconfig" in sys.argv:
         os.environ["KUBECONFIG"] = sys.argv[sys.argv.index("--kubeconfig") + 1]
+    try:  # as `keyrotor run` does, before kopf is imported (override_settings imports it)
+        from keyrotor import kubehttp
+
+        kubehttp.keep_official_client_out()
+    except ImportError:  # an older keyrotor
+        pass
     dump_on_signal()
     wrap_lag_probe()
+    trim_on_signal()
+    override_settings()
     from keyrotor import cli
 
     cli.main()

@@ -10,16 +10,26 @@ verb and resource (its own user's audit log; target 0 writes), its peak request 
 timestamps, per second), answers with 429 (apiserver_request_total, all clients, and its
 audit log), its RSS and CPU.
 
-Run: scripts/bench restart N
+Options for finding where the memory goes (they run the new operator through
+bench/instrumented_operator.py): ``--settings JSON`` overrides kopf settings after keyrotor's
+(e.g. ``'{"watching.chunk_size": 500}'``); ``--trim`` asks the quiet operator to
+``malloc_trim(0)`` and records its RSS before and after (freed memory glibc kept);
+``--tracemalloc FRAMES`` records its top allocation sites once quiet (tracing inflates RSS).
+
+Run: scripts/bench restart N [--settings JSON] [--trim] [--tracemalloc FRAMES]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from burst import top_allocations, tracing
 from cluster import (
     CROSS_NOTE,
     SMALL_SCALE,
@@ -54,11 +64,26 @@ def main() -> None:
     parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="SECONDS",
                         help="how often to read the operator's metrics (each read costs it "
                         "CPU: about 12 series per object)")
+    parser.add_argument("--settings", metavar="JSON",
+                        help="kopf settings for the new operator, after keyrotor's own")
+    parser.add_argument("--trim", action="store_true",
+                        help="once quiet, malloc_trim(0) in the new operator; RSS before/after")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES")
     args = parser.parse_args()
     n = args.objects
     with tempfile.TemporaryDirectory() as tmp, cluster(NS) as b:
         first = Operator(b.plane, Path(tmp) / "first.log", namespaces=(NS,))
-        second = Operator(b.plane, Path(tmp) / "second.log", namespaces=(NS,))
+        dump = Path(tmp) / "tracemalloc.txt"
+        instruments: dict[str, Any] = tracing(args.tracemalloc, dump)
+        if args.settings or args.trim:
+            instruments["launcher"] = (str(Path(__file__).with_name(
+                "instrumented_operator.py")),)
+            instruments["env"] = {**instruments.get("env", {}),
+                                  **({"KEYROTOR_BENCH_SETTINGS": args.settings}
+                                     if args.settings else {})}
+        second = Operator(b.plane, Path(tmp) / "second.log", namespaces=(NS,), **instruments)
+        trimmed: tuple[int, int] | None = None
+        allocations = ""
         try:
             first.start()
             setup_s = reconcile_all(b, NS, "restart", n, timeout=args.timeout, quiet=3)
@@ -83,6 +108,14 @@ def main() -> None:
                     idle_at = now
                 time.sleep(args.scrape_interval)
             last_request = wait_quiet(b.audit, quiet=5, timeout=args.timeout)
+            if args.tracemalloc:
+                allocations = top_allocations(second, dump)
+            if args.trim:
+                before = read_proc(second.pid)
+                os.kill(second.pid, signal.SIGUSR2)
+                time.sleep(2)
+                after = read_proc(second.pid)
+                trimmed = (before.rss if before else 0, after.rss if after else 0)
             samples = sampler.stop()
             requests = b.audit.since(mark)
             _, cross, too_many = window.diff()
@@ -122,6 +155,13 @@ def main() -> None:
         *request_table(ops, per=n, cross=cross),
         "",
         CROSS_NOTE,
+        *([f"- new operator run with kopf settings `{args.settings}` on top of keyrotor's "
+           "(bench/instrumented_operator.py)"] if args.settings else []),
+        *([f"- malloc_trim(0) once quiet: RSS {mb(trimmed[0])} → **{mb(trimmed[1])}**"]
+          if trimmed else []),
+        *(["", f"New operator run under tracemalloc ({args.tracemalloc} frames; its RSS and "
+           "CPU above include tracing), allocations when quiet:", "", "```",
+           *allocations.rstrip().splitlines(), "```"] if args.tracemalloc else []),
     ])
 
 

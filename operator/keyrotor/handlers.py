@@ -119,6 +119,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # a worker may leave at once. (A worker_limit made it worse: 85 s and 505 MB at 10,000,
     # the bodies waiting in kopf's queues instead of in workers.)
     settings.queueing.idle_timeout = 0.5
+    # The initial listing in pages: at 10,000 objects one answer of every body at once was
+    # most of a restart's peak (see bench/RESULTS.md, restart with chunk_size).
+    settings.watching.chunk_size = 500
+    # Sharding on the server (a label selector on kopf's list and watch), as Flux does: a
+    # shard receives only its own objects' events. observe() still checks the label: a
+    # relabelled object arrives once more, as DELETED with its new labels, and is forgotten.
+    if shared.shard is not None:
+        selector = f"{SHARD_LABEL}={shared.shard}"
+    elif shared.other_shards:
+        selector = f"{SHARD_LABEL} notin ({','.join(sorted(shared.other_shards))})"
+    else:
+        selector = ""
+    if selector:
+        settings.watching.label_selectors[GROUP, PLURAL] = selector
+        log.info("watching only the RotatingSecrets matching %s (server-side)", selector)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
