@@ -74,7 +74,15 @@ from keyrotor.errors import (
 )
 from keyrotor.generators import Generator, Material, from_spec, main_value, recoverable
 from keyrotor.probes.http import HttpProbe, Probe, probe_all
-from keyrotor.publishing.secret import Owner, check_owner, decode, encode, inspect, render
+from keyrotor.publishing.secret import (
+    Owner,
+    check_owner,
+    decode,
+    decoy_count,
+    encode,
+    inspect,
+    render,
+)
 from keyrotor.publishing.slots import SlotError
 from keyrotor.restarts import Restarter
 from keyrotor.secretwatch import SecretCache
@@ -261,7 +269,8 @@ class Reconciler:
         generator, target, probes = await asyncio.to_thread(self._adapters, namespace, name,
                                                             spec)
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"],
-                      garbage_collected=spec.get("deletionPolicy") == "Delete")
+                      garbage_collected=spec.get("deletionPolicy") == "Delete",
+                      decoys=decoy_count(spec))
         state = self._state_of(body)
         annotations = meta.get("annotations") or {}
         trigger = annotations.get(TRIGGER_ANNOTATION)
