@@ -28,7 +28,7 @@ import kopf
 from keyrotor import metrics
 from keyrotor.kube import GROUP, PLURAL, VERSION, KubeApi
 from keyrotor.publishing.secret import Owner
-from keyrotor.reconciler import TRIGGER_ANNOTATION, Reconciler
+from keyrotor.reconciler import REQUEST_ANNOTATION, TRIGGER_ANNOTATION, Reconciler
 from keyrotor.restarts import DEFAULT_WINDOW, Restarter
 from keyrotor.scheduling import Key, Scheduler
 from keyrotor.secretwatch import SecretCache, SecretWatch
@@ -59,6 +59,10 @@ class Shared:
     # What the metadata-only watch shows of keyrotor's Secrets (no data).
     secrets: SecretCache = field(init=False)
     secret_watch: SecretWatch | None = None
+    # The audit trail (keyrotor.audit.AuditLog) and the emergency approvals' judge
+    # (keyrotor.approvals.Approvers); None: not audited / revoke-now ignored.
+    audit: Any = None
+    approvals: Any = None
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.reconcile, workers=self.workers)
@@ -84,11 +88,13 @@ class Shared:
     def create(cls, api_client: Any, *, phase_pause: float = 0.0,
                namespaces: Sequence[str] = (), workers: int = 16,
                restart_window: float = DEFAULT_WINDOW, shard: str | None = None,
-               other_shards: Sequence[str] = ()) -> Shared:
+               other_shards: Sequence[str] = (), audit: Any = None,
+               approvals: Any = None) -> Shared:
         api = KubeApi(api_client)
         return cls(api=api, restarter=Restarter(api, window=restart_window),
                    phase_pause=phase_pause, namespaces=tuple(namespaces), workers=workers,
-                   shard=shard, other_shards=frozenset(other_shards))
+                   shard=shard, other_shards=frozenset(other_shards), audit=audit,
+                   approvals=approvals)
 
     def mine(self, labels: dict[str, str]) -> bool:
         """Whether this instance handles an object with these labels."""
@@ -100,7 +106,7 @@ class Shared:
     async def reconcile(self, key: Key, hint: dict[str, Any] | None) -> tuple[float, bool]:
         reconciler = self.busy.pop(key, None) or Reconciler(
             api=self.api, phase_pause=self.phase_pause, restarter=self.restarter,
-            secrets=self.secrets)
+            secrets=self.secrets, audit=self.audit, approvals=self.approvals)
         delay = await reconciler.reconcile(*key, body=hint)
         if reconciler.busy:
             self.busy[key] = reconciler
@@ -186,11 +192,25 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
         if OLD_FINALIZER in (meta.get("finalizers") or ()):
             await asyncio.to_thread(shared.api.remove_finalizer, *key, OLD_FINALIZER)
         return
-    seen = hash((meta.get("uid"), meta.get("generation"),
-                 (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)))
+    annotations = meta.get("annotations") or {}
+    seen = hash((meta.get("uid"), meta.get("generation"), annotations.get(TRIGGER_ANNOTATION),
+                 annotations.get(REQUEST_ANNOTATION)))
     if shared.seen.get(key) != seen:
         shared.seen[key] = seen
         shared.scheduler.wake(key, hint=dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, "rotationapprovals")
+async def approval_arrived(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                           **_: Any) -> None:
+    """A RotationApproval wakes its RotatingSecret, which judges (and deletes) it."""
+    shared: Shared = memo.shared
+    if event.get("type") == "DELETED" or shared.approvals is None:
+        return
+    key: Key = ((body.get("metadata") or {}).get("namespace", ""),
+                str((body.get("spec") or {}).get("rotatingSecret", "")))
+    if key in shared.seen:
+        shared.scheduler.wake(key)
 
 
 async def apply_deletion_policy(api: KubeApi, body: dict[str, Any]) -> None:

@@ -90,6 +90,7 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
                 audit_log: str | None = None, audit_stdout: bool = True,
                 audit_head_configmap: str | None = None) -> int:
     from keyrotor import handlers, permissions  # registers the handlers with kopf
+    from keyrotor.approvals import Approvers
     from keyrotor.audit import DEFAULT_CONFIGMAP, open_audit, operator_namespace
     from keyrotor.kube import KubeApi, load_client
 
@@ -131,12 +132,13 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             namespace=own_namespace,
             configmap=audit_head_configmap if audit_head_configmap is not None else (
                 f"{DEFAULT_CONFIGMAP}-shard-{shard}" if shard else DEFAULT_CONFIGMAP))
+        # Emergency revocations' approvers: their TOTP seeds and state live in a Secret in the
+        # operator's own namespace.
+        approvers = Approvers(KubeApi(api_client), namespace=own_namespace)
         shared = handlers.Shared.create(
             api_client, phase_pause=phase_pause, namespaces=namespaces, workers=workers,
-            shard=shard, other_shards=other_shards,
+            shard=shard, other_shards=other_shards, audit=audit, approvals=approvers,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
-        # TODO(lead): hand `audit` to Shared (Shared.create(..., audit=audit)) once it takes
-        # it; until then only the decoy reports below record to it.
         health.ready = True
         # Leader or single: answer reports.
         health.reports.start(shared.api, namespaces, audit=audit)

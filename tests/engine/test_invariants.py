@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -22,7 +22,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from keyrotor import status as status_io
 from keyrotor.engine.model import (
     Activate,
+    Approval,
     ConsumerResult,
+    EmergencyRevoke,
     Phase,
     ProbeRound,
     PromoteTo,
@@ -32,7 +34,7 @@ from keyrotor.engine.model import (
     Stage,
     Strategy,
 )
-from keyrotor.engine.rotation import probe_due, step
+from keyrotor.engine.rotation import approve, probe_due, step
 from keyrotor.publishing.slots import Slots, apply
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -78,6 +80,8 @@ class RotationMachine(RuleBasedStateMachine):
         self.trigger: str | None = None
         self.history = History()
         self.ever_issued = False
+        self.approved_emergencies = 0
+        self.skipped: set[int] = set()
         self.revocations: list[int] = []
 
     # ---- the world ---------------------------------------------------------------------------
@@ -106,6 +110,31 @@ class RotationMachine(RuleBasedStateMachine):
             retirement_names=self.spec.retirement_names, activate_after=self.spec.activate_after,
             acceptance_names=self.spec.acceptance_names,
             activation_names=self.spec.activation_names)
+
+    @rule(approvers=st.lists(st.sampled_from(["alice", "bob", "carol"]), max_size=3),
+          required=st.integers(1, 3), request=st.sampled_from(["r1", "r2"]),
+          wrong=st.booleans())
+    def emergency_approvals(self, approvers: list[str], required: int, request: str,
+                            wrong: bool) -> None:
+        """A revoke-now request's approvals arrive (the reconciler judges them first)."""
+        self.spec = replace(self.spec, approvals_required=required)
+        state = self._state()
+        if state.phase == Phase.EMERGENCY:
+            return  # the reconciler judges no approvals then
+        judged = tuple(Approval(a, not wrong, "WrongCode" if wrong else "Accepted", "")
+                       for a in approvers)
+        result = approve(self.spec, state, now=self.now, request=request, judged=judged)
+        assert result.effect is None  # approving allocates; it never acts before persisting
+        if result.state.phase == Phase.EMERGENCY:
+            # Approvals of the same request add up; wrong codes never count.
+            assert len(set(result.state.approved_by)) >= required
+            assert result.state.next == state.latest + 1
+            self.approved_emergencies += 1
+            # A version allocated but not generated yet (Generating) is skipped: it is
+            # revoked before it ever existed.
+            self.skipped.update(v for v in result.state.revoking
+                                if v not in self.history.materials)
+        self.persisted = json.loads(json.dumps(status_io.to_status(result.state)))
 
     # ---- the operator --------------------------------------------------------------------------
 
@@ -166,6 +195,10 @@ class RotationMachine(RuleBasedStateMachine):
                 # The target swapped before the old version was revoked, never after.
                 assert current.version in self.activated_at
             self.revocations.append(effect.version)
+        if isinstance(effect, EmergencyRevoke):
+            # The one exception to invariant 2, and only when approved.
+            assert state.phase == Phase.EMERGENCY and state.approved_by
+            assert self.approved_emergencies > 0
         if isinstance(effect, Activate):
             assert self.slots.current is not None
             assert self.slots.current.version == effect.version, "activated before presented"
@@ -232,7 +265,7 @@ class RotationMachine(RuleBasedStateMachine):
         if self.slots.previous is not None and self.slots.current is not None:
             assert self.slots.previous.version < self.slots.current.version
         # No version is skipped: every generated version but the newest became current.
-        issued = sorted(self.history.materials)
+        issued = sorted({*self.history.materials, *self.skipped})
         assert issued == list(range(1, len(issued) + 1))
         assert self.revocations == sorted(set(self.revocations))
 
