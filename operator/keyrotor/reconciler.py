@@ -353,6 +353,11 @@ class Reconciler:
             if self.phase_pause or result.requeue_after > 0 or result.state == state or \
                     probe_due(rspec, result.state, now) is not None:
                 break
+            if isinstance(result.effect, (Revoke, EmergencyRevoke)):
+                # A rotation completed: persist it before the next one may start. A replay
+                # after a conflict (a spec edit, say suspend) then never re-decides a chain
+                # whose next rotation already staged a version the status does not record.
+                break
             state, probe = result.state, None
         assert result is not None
         if not effects and state.current is not None and meta.get("generation") != \
@@ -643,6 +648,18 @@ class Reconciler:
             version = (written.get("metadata") or {}).get("resourceVersion")
         self.memory = (version, state) if version else None
 
+    async def _persist_degraded(self, body: dict[str, Any], reason: str, message: str) -> None:
+        """Only the Degraded condition, on a status the engine cannot read."""
+        meta = body["metadata"]
+        old = [c for c in (body.get("status") or {}).get("conditions") or ()
+               if isinstance(c, dict) and c.get("type") != "Degraded"]
+        degraded = {"type": "Degraded", "status": "True", "reason": reason, "message": message,
+                    "lastTransitionTime": status_io.ts(self.clock()),
+                    "observedGeneration": meta.get("generation")}
+        await asyncio.to_thread(self.api.patch_status, meta["namespace"], meta["name"],
+                                {"conditions": [*old, degraded]},
+                                resource_version=meta.get("resourceVersion"))
+
     def _state_of(self, body: dict[str, Any]) -> RotationState:
         """The state from memory while nobody wrote the object since; else from its status
         (after a restart, or when someone else wrote)."""
@@ -691,10 +708,18 @@ class Reconciler:
         old = body.get("status") or {}
         degraded: dict[str, Any] = next(
             (c for c in old.get("conditions") or () if c.get("type") == "Degraded"), {})
-        state = self._state_of(body)
         try:
-            await self._persist(body, state, now=self.clock(), error=(reason, message),
-                                next_rotation=None)
+            state = self._state_of(body)
+        except status_io.StatusError:
+            # The status itself is what is wrong: report on its conditions only, and leave
+            # the rest as it is (rewriting it from a blank state could reuse versions).
+            state = None
+        try:
+            if state is not None:
+                await self._persist(body, state, now=self.clock(), error=(reason, message),
+                                    next_rotation=None)
+            else:
+                await self._persist_degraded(body, reason, message)
         except Conflict:
             return
         if degraded.get("reason") != reason or degraded.get("message") != message:

@@ -41,10 +41,6 @@ async def test_a_corrupted_status_never_touches_the_secret(status: dict[str, Any
     assert api.secrets == {} and api.writes["create secrets"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="reconciler.py: _report_error reads the state with "
-                   "_state_of -> from_status again, which raises the same StatusError, so "
-                   "neither Degraded nor the Warning is written (only the operator log says "
-                   "why); the lead's call: report with the state in memory or a blank one")
 @pytest.mark.parametrize("status", CORRUPTED[:1])
 async def test_a_corrupted_status_is_reported_degraded_naming_the_field(
         status: dict[str, Any]) -> None:
