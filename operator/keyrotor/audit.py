@@ -315,7 +315,7 @@ class HeadStore:
         """Store ``head`` unless the stored one is at or past it. True: stored (or already
         there); False: another writer is ahead (logged). Raises KeyrotorError (API away,
         permission denied)."""
-        for _ in range(attempts):
+        for attempt in range(attempts):
             stored = self.read() if self.resource_version is None else None
             if stored is None and self.resource_version is None:
                 if self._create(head):
@@ -342,7 +342,8 @@ class HeadStore:
                     raise
                 self.conflicts += 1
                 self.resource_version = None  # re-read, then decide again
-                time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not a secret
+                # Growing jitter: two racing writers drift apart instead of colliding again.
+                time.sleep(random.uniform(0.0, 0.02 * (attempt + 1)))  # noqa: S311
                 continue
             if body is None:  # deleted meanwhile
                 self.resource_version = None
