@@ -328,6 +328,9 @@ class HeadStore:
                     log.error("audit head in %s is at seq %d, this process is at seq %d: "
                               "another writer (a second leader?) wrote the chain further; "
                               "the head is left alone", self.where, stored.seq, head.seq)
+                    # Read again next time: a cached resourceVersion would let the next,
+                    # still lower, head overwrite this one without a look.
+                    self.resource_version = None
                     return False
             data = {"seq": str(head.seq), "hash": head.hash, "time": _now()}
             try:
