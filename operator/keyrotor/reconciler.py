@@ -371,7 +371,12 @@ class Reconciler:
         shown = None if result.state.rotating or rspec.suspend else due
         # Events before the status: a crash in between replays the step, and the replay's
         # events carry the same names, so each transition is posted exactly once.
-        await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
+        try:
+            await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
+        except Conflict:
+            if True:
+                raise  # nothing was done: read again and decide again
+            await self._persist_done(body, result.state, now=now, next_rotation=shown)
         self._observe(body, result.state, effects, due)
         if result.state.phase != state.phase and self.phase_pause:
             self.pausing = result.requeue_after <= self.phase_pause
@@ -647,6 +652,24 @@ class Reconciler:
                                               meta["name"], status, resource_version=version)
             version = (written.get("metadata") or {}).get("resourceVersion")
         self.memory = (version, state) if version else None
+
+    async def _persist_done(self, body: dict[str, Any], state: RotationState, *,
+                            now: datetime.datetime,
+                            next_rotation: datetime.datetime | None) -> None:
+        """The status write after effects were carried out met a conflict. If only the spec or
+        the metadata changed (a suspend, an annotation), the effects still happened: record
+        them, or a replay under the new spec would decide differently (a suspended object
+        going Idle with a version staged in its Secret and at its target, unrecorded). If
+        someone else wrote the status, raise: read again."""
+        meta = body["metadata"]
+        fresh = await asyncio.to_thread(self.api.get_rotating_secret, meta["namespace"],
+                                        meta["name"])
+        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid") or \
+                (fresh.get("status") or {}) != (body.get("status") or {}):
+            raise Conflict(f"the status of {meta['namespace']}/{meta['name']} changed")
+        again = {**body, "metadata": {**meta, "resourceVersion": fresh["metadata"].get(
+            "resourceVersion")}}
+        await self._persist(again, state, now=now, error=None, next_rotation=next_rotation)
 
     async def _persist_degraded(self, body: dict[str, Any], reason: str, message: str) -> None:
         """Only the Degraded condition, on a status the engine cannot read."""

@@ -42,7 +42,9 @@ def test_sigkill_at_random_moments(control_plane: ControlPlane, kube: client.Api
     print(f"KEYROTOR_FAULT_SEED={seed}: minOverlap {min_overlap}, interval {interval}")
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
         "killed", generator={"random": {"length": 32}},
-        rotation={"every": "1s", "minOverlap": min_overlap, "maxOverlap": "5m"},
+        # Suspended until the poller watches: version 1 is issued anyway, and must be seen.
+        rotation={"every": "1s", "minOverlap": min_overlap, "maxOverlap": "5m",
+                  "suspend": True},
         verification={"interval": interval, "successesRequired": 1, "failureThreshold": 5}))
     wait_status(kapi, namespace, "killed", lambda s: s.get("currentVersion") == 1,
                 what="version 1")
@@ -52,7 +54,8 @@ def test_sigkill_at_random_moments(control_plane: ControlPlane, kube: client.Api
     kills: list[tuple[float, str]] = []
     try:
         control_plane.kubectl("patch", "rsec", "killed", "-n", namespace, "--type=merge", "-p",
-                              json.dumps({"spec": {"consumers": traffic.consumers}}))
+                              json.dumps({"spec": {"consumers": traffic.consumers,
+                                                   "rotation": {"suspend": False}}}))
         started = time.monotonic()
         while time.monotonic() - started < BUDGET:
             status = status_of(kapi, namespace, "killed")

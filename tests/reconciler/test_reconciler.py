@@ -308,3 +308,29 @@ async def test_a_chain_from_one_rotation_into_the_next_names_each_event_by_its_v
     assert reasons.count("Revoked") == reasons.count("Promoted") >= 4
     revoked = sorted(n for n, e in api.events.items() if e["reason"] == "Revoked")
     assert len(set(revoked)) == len(revoked)
+
+
+async def test_a_spec_edit_racing_a_staged_version_is_recorded_not_redecided() -> None:
+    """A suspend lands between staging a version (Secret written) and the status write: the
+    status write conflicts. The staged version happened, so it is recorded; a replay under
+    the suspended spec must not go Idle with the version staged and unrecorded."""
+    api, clock = FakeApi(), Clock()
+    api.add("k", TWO_KEYS)
+    r = reconciler(api, clock)
+    await run(r, clock, "k", idle_at(1))
+
+    def suspend() -> None:
+        obj = api.objects["k"]
+        obj["spec"]["rotation"]["suspend"] = True
+        obj["metadata"]["generation"] += 1
+        obj["metadata"]["resourceVersion"] = api._next()
+
+    api.before["patch rotatingsecrets/status"] = suspend
+    api.edit("k", **{ROTATE: "now"})
+    await r.reconcile(NS, "k")
+    status = api.status("k")
+    assert versions(api, "k") == {"current": 1, "next": 2}
+    assert status["phase"] == "VerifyingAcceptance" and status["nextVersion"] == 2
+    # Suspend stops new rotations, not the one under way: it completes.
+    status = await run(r, clock, "k", idle_at(2))
+    assert status["rotationCount"] == 1 and versions(api, "k") == {"current": 2}
