@@ -133,13 +133,25 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
     return _METRICS[registry]
 
 
-def _versions(files: dict[str, bytes]) -> dict[str, str]:
-    """Slot -> version from ``versions.json`` (absent in Secrets not written by keyrotor)."""
+def _versions(files: dict[str, bytes], path: Path) -> dict[str, str]:
+    """Slot -> version from ``versions.json`` (absent in Secrets not written by keyrotor). A
+    slot's version that is not a whole number is a damaged mount, not a version."""
     try:
         doc = json.loads(files.get("versions.json", b"{}"))
     except ValueError:
         return {}
-    return {str(k): str(v) for k, v in doc.items() if k in SLOTS} if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        return {}
+    versions = {}
+    for slot, version in doc.items():
+        if slot not in SLOTS:
+            continue
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise SecretError(f"{path}: versions.json gives {slot!r} a version that is not a "
+                              "whole number: the mount is damaged (is it the Secret keyrotor "
+                              "writes?)")
+        versions[slot] = str(version)
+    return versions
 
 
 def _decoys(files: dict[str, bytes]) -> list[tuple[str, bytes]]:
@@ -362,7 +374,10 @@ class RotatingSecret:
                 break
         else:
             raise SecretError(f"{self.path} kept changing while being read")
-        slots = {slot: files[slot] for slot in SLOTS if slot in files}
+        # An empty slot is no credential (a truncated file): never valid, not even as "".
+        slots = {slot: files[slot] for slot in SLOTS if files.get(slot)}
+        if "current" in files and not files["current"]:
+            raise SecretError(f"{self.path}: 'current' is empty: the mount is damaged")
         if "current" not in slots:
             raise SecretError(f"{self.path} has no 'current' key: is this a Secret keyrotor "
                               "owns, and has its RotatingSecret issued a version yet?")
@@ -370,7 +385,7 @@ class RotatingSecret:
             self._metrics.reloads.labels(self.name).inc()
         self._slots, self._files, self._marker = slots, files, marker
         self._state = (slots, _decoys(files))
-        self._versions = _versions(files)
+        self._versions = _versions(files, self.path)
         for slot in SLOTS:
             if slot in self._versions and slot in slots:
                 self._metrics.versions.labels(self.name, slot).set(int(self._versions[slot]))
@@ -510,17 +525,29 @@ class RotatingSecret:
         if name not in files:
             raise SecretError(f"{self.path} has no {name!r}: use generator.keyPair with "
                               "formats including jwk")
-        doc: dict[str, Any] = json.loads(files[name])
+        try:
+            doc = json.loads(files[name])
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise SecretError(f"{self.path}: {name!r} is not a JSON object (a JWK or JWKS)")
         return doc
+
+    def _jwk_error(self, name: str) -> SecretError:
+        return SecretError(f"{self.path}: {name!r} does not hold a usable JWK")
 
     def sign_jwt(self, claims: dict[str, Any]) -> str:
         """A JWT over ``claims`` signed with ``current``'s private key; the header names its
         ``kid``."""
         files = self.files()
-        doc = self._jwk("current.jwk" if "current.jwk" in files else "current")
-        token = jwt.JWT(header={"alg": doc["alg"], "kid": doc["kid"], "typ": "JWT"},
-                        claims=claims)
-        token.make_signed_token(jwk.JWK(**doc))
+        name = "current.jwk" if "current.jwk" in files else "current"
+        doc = self._jwk(name)
+        try:
+            token = jwt.JWT(header={"alg": doc["alg"], "kid": doc["kid"], "typ": "JWT"},
+                            claims=claims)
+            token.make_signed_token(jwk.JWK(**doc))
+        except Exception as exc:  # KeyError, TypeError, jwcrypto's many kinds
+            raise self._jwk_error(name) from exc
         self._metrics.presentations.labels(self.name, "current", self._label("current"),
                                            "signed").inc()
         signed: str = token.serialize()
@@ -535,12 +562,15 @@ class RotatingSecret:
             kid = header.jose_header.get("kid")
         except (jws.InvalidJWSObject, ValueError):
             kid = None
-        published = {k.get("kid"): k for k in self._jwk("jwks.json").get("keys", [])}
+        keys = self._jwk("jwks.json").get("keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+            raise self._jwk_error("jwks.json")
+        published = {k.get("kid"): k for k in keys}
         slot = None
         if kid in published:
             files = self.files()
             slot = next((s for s in SLOTS if f"{s}.pub.jwk" in files
-                         and json.loads(files[f"{s}.pub.jwk"]).get("kid") == kid), None)
+                         and self._jwk(f"{s}.pub.jwk").get("kid") == kid), None)
         claims = None
         if slot is not None:
             doc = published[kid]
