@@ -374,7 +374,7 @@ class Reconciler:
         try:
             await self._persist(body, result.state, now=now, error=None, next_rotation=shown)
         except Conflict:
-            if True:
+            if not effects:
                 raise  # nothing was done: read again and decide again
             await self._persist_done(body, result.state, now=now, next_rotation=shown)
         self._observe(body, result.state, effects, due)
