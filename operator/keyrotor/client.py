@@ -365,8 +365,13 @@ class RotatingSecret:
                               "there (volumes[].secret.secretName and volumeMounts[].mountPath)")
         for _ in range(10):
             marker = self._current_marker()
+            # Read through ..data, not the top-level links: kubelet swaps ..data first and
+            # adds the link of a new key (``next``) after, so a reload in between would miss
+            # it and, the marker being current, never look again.
+            data = self.path / "..data"
+            folder = self.path
             try:
-                files = {p.name: p.read_bytes() for p in self.path.iterdir()
+                files = {p.name: p.read_bytes() for p in folder.iterdir()
                          if not p.name.startswith("..") and p.is_file()}
             except FileNotFoundError:
                 continue  # kubelet deleted the old folder while we read it: read again

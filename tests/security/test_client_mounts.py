@@ -221,3 +221,24 @@ def test_generated_mounts_are_served_or_a_secret_error(tmp_path_factory: pytest.
             bounded(lambda call=call: call(secret))
         except SecretError as exc:
             assert str(root) in str(exc)
+
+
+def test_a_reload_between_the_swap_and_the_new_keys_link_sees_the_new_key(
+        tmp_path: Path) -> None:
+    """kubelet swaps ``..data`` first and links a new key (``next``) after: a reload in
+    between must still see it, or the acceptor rejects the staged version until the Secret
+    changes again (the kill test once stalled a rotation for minutes on exactly this)."""
+    root = mounted(tmp_path / "api-key", {"current": b"c-0123456789",
+                                          "versions.json": b'{"current": 1}'})
+    secret = open_secret(root)
+    assert secret.verify(b"c-0123456789") == "current"
+    folder = root / "..2026_12_03_06_38_57.000099"
+    folder.mkdir()
+    for key, value in {"current": b"c-0123456789", "next": b"n-0123456789",
+                       "versions.json": b'{"current": 1, "next": 2}'}.items():
+        (folder / key).write_bytes(value)
+    (root / "..data_tmp").symlink_to(folder.name)
+    os.replace(root / "..data_tmp", root / "..data")  # swapped; the ``next`` link not yet made
+    assert not (root / "next").exists()
+    assert secret.verify(b"n-0123456789") == "next"
+    assert secret.version("next") == 2
