@@ -369,7 +369,7 @@ class RotatingSecret:
             # adds the link of a new key (``next``) after, so a reload in between would miss
             # it and, the marker being current, never look again.
             data = self.path / "..data"
-            folder = self.path
+            folder = data if data.is_symlink() and data.is_dir() else self.path
             try:
                 files = {p.name: p.read_bytes() for p in folder.iterdir()
                          if not p.name.startswith("..") and p.is_file()}
