@@ -88,7 +88,11 @@ def test_sigkill_at_random_moments(control_plane: ControlPlane, kube: client.Api
     # Every version current in turn, none skipped or numbered twice, each revoked after.
     assert final["currentVersion"] == latest == rotations + 1
     assert poller.currents == list(range(1, latest + 1)), poller.currents
-    assert sorted(poller.values) == list(range(1, latest + 1))
+    # A kill after staging the next version but before its status write, with the suspend
+    # landing meanwhile, leaves that version staged (never current) ahead of the status: the
+    # engine allows latest + 1 there and the next rotation stages the same value under the
+    # same number (nothing skipped or numbered twice: the currents above say so).
+    assert sorted(poller.values) in (list(range(1, latest + 1)), list(range(1, latest + 2)))
     assert poller.revoked == set(range(1, latest))
     promoted = [int(e["message"].split()[1]) for e in events if e["reason"] == "Promoted"]
     assert promoted == list(range(2, latest + 1)), promoted  # each exactly once
