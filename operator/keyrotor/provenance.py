@@ -15,27 +15,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from keyrotor.audit import Action
+
 # Event reasons (the engine's, named once there) and the audit action each one records.
-ACTIONS: dict[str, str] = {
-    "Issued": "rotation.issued",
-    "RotationStarted": "rotation.started",
-    "Staged": "rotation.staged",
-    "Accepted": "rotation.accepted",
-    "Activated": "rotation.activated",
-    "Promoted": "rotation.promoted",
-    "Retired": "rotation.retired",
-    "Revoked": "rotation.revoked",
-    "SecretDrift": "secret.repaired",
-    "ApprovalAccepted": "approval.accepted",
-    "ApprovalRejected": "approval.rejected",
-    "ApproverLocked": "approver.locked",
-    "EmergencyApproved": "emergency.approved",
-    "EmergencyRevoked": "emergency.revoked",
-    "EmergencyExpired": "emergency.expired",
-    "EmergencyRejected": "emergency.rejected",
+ACTIONS: dict[str, Action] = {
+    "Issued": Action.ISSUED,
+    "RotationStarted": Action.STARTED,
+    "Staged": Action.STAGED,
+    "Accepted": Action.ACCEPTED,
+    "Activated": Action.ACTIVATED,
+    "Promoted": Action.PROMOTED,
+    "Retired": Action.RETIRED,
+    "Revoked": Action.REVOKED,
+    "SecretDrift": Action.SECRET_REPAIRED,
+    "ApprovalAccepted": Action.APPROVAL_ACCEPTED,
+    "ApprovalRejected": Action.APPROVAL_REJECTED,
+    "ApproverLocked": Action.APPROVER_LOCKED,
+    "EmergencyApproved": Action.EMERGENCY_APPROVED,
+    "EmergencyRevoked": Action.EMERGENCY_REVOKED,
+    "EmergencyExpired": Action.EMERGENCY_EXPIRED,
+    "EmergencyRejected": Action.EMERGENCY_REJECTED,
 }
-APPROVAL_ACTIONS = frozenset({"approval.accepted", "approval.rejected", "approver.locked"})
-CONFIG_CHANGED = "config.changed"
+APPROVAL_ACTIONS = frozenset({Action.APPROVAL_ACCEPTED, Action.APPROVAL_REJECTED,
+                              Action.APPROVER_LOCKED})
 OPERATOR = "keyrotor"
 
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from keyrotor import metrics, provenance
 from keyrotor import status as status_io
+from keyrotor.audit import Action
 from keyrotor.backends import Context
 from keyrotor.engine.model import (
     Activate,
@@ -411,10 +412,10 @@ class Reconciler:
                 manager = provenance.manager_of(meta, "metadata", "annotations",
                                                 TRIGGER_ANNOTATION)
                 actor = f"manager:{manager}" if manager else "unknown"
-                self.audit.record(action="trigger.manual", actor=actor,
+                self.audit.record(action=Action.MANUAL_TRIGGER, actor=actor,
                                   namespace=meta["namespace"], name=meta["name"],
                                   uid=meta.get("uid", ""), detail={"trigger": state.last_trigger},
-                                  key=f"{meta.get('uid')}/trigger.manual/v{state.latest}")
+                                  key=f"{meta.get('uid')}/{Action.MANUAL_TRIGGER}/v{state.latest}")
             if event.reason.startswith("Emergency") and state.approved_by:
                 actor = "approvers:" + ",".join(state.approved_by)
             versions = {slot: v for slot, v in (("current", state.current),
@@ -436,9 +437,8 @@ class Reconciler:
             return
         meta = body["metadata"]
         for a in judged:
-            action = ("approval.accepted" if a.ok else
-                      "approver.locked" if a.reason == "LockedOut" else "approval.rejected")
-            self.audit.record(action=action, actor=f"approver:{a.approver}",
+            self.audit.record(action=provenance.ACTIONS[a.event_reason],
+                              actor=f"approver:{a.approver}",
                               namespace=meta["namespace"], name=meta["name"],
                               uid=meta.get("uid", ""),
                               detail={"request": request, "reason": a.reason,
@@ -451,7 +451,7 @@ class Reconciler:
         meta = body["metadata"]
         manager = provenance.manager_of(meta, "spec")
         await asyncio.to_thread(
-            self.audit.record, action=provenance.CONFIG_CHANGED,
+            self.audit.record, action=Action.CONFIG_CHANGED,
             actor=f"manager:{manager}" if manager else "unknown",
             namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
             detail={"generation": meta.get("generation")},

@@ -301,6 +301,14 @@ class Approval:
     reason: str  # Accepted, WrongCode, Replayed, Locked, LockedOut, UnknownApprover, ...
     message: str
 
+    @property
+    def event_reason(self) -> str:
+        """The event (and audit action) this approval makes: accepted, rejected, or the
+        wrong code that locks its approver out."""
+        if self.ok:
+            return "ApprovalAccepted"
+        return "ApproverLocked" if self.reason == "LockedOut" else "ApprovalRejected"
+
 
 # Reasons of the events that mark a step of one rotation: each happens once per version.
 TRANSITIONS = frozenset({"RotationStarted", "Issued", "Staged", "Accepted", "Activated",

@@ -228,9 +228,8 @@ def approve(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     approved = list(state.approved_by)
     for a in judged:
         if not a.ok:
-            reason = "ApproverLocked" if a.reason == "LockedOut" else "ApprovalRejected"
-            events.append(Event("Warning", reason, f"approval by {a.approver} rejected "
-                                                   f"({a.reason}): {a.message}"))
+            events.append(Event("Warning", a.event_reason, f"approval by {a.approver} "
+                                f"rejected ({a.reason}): {a.message}"))
         elif not open_:
             events.append(Event("Warning", "ApprovalRejected", f"approval by {a.approver} "
                                 f"came after request {request} ended"))
