@@ -18,6 +18,7 @@ Run: ``python -m keyrotor.testing.consumerapp presenter --mount DIR --url URL ..
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -34,6 +35,17 @@ from prometheus_client import start_http_server
 from keyrotor.client import Rejected, RotatingSecret
 
 
+def _digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()[:8]
+
+
+def _held(secret: RotatingSecret) -> dict[str, str]:
+    """Slot -> "version:digest" of what ``secret`` holds now (diagnostics, no values)."""
+    files = secret.files()
+    return {slot: f"{secret.version(slot)}:{_digest(files[slot])}"
+            for slot in ("current", "previous", "next") if files.get(slot)}
+
+
 def _acceptor(args: argparse.Namespace) -> None:
     secret = RotatingSecret(args.mount, refresh=0.1)
 
@@ -44,6 +56,10 @@ def _acceptor(args: argparse.Namespace) -> None:
         # A refusal names itself ("decoy", "limited"), as an application's log would.
         if slot:
             return web.Response(text=slot)
+        # Why it was refused, for a failing test to show: what this acceptor held (versions
+        # and short digests, never values) and a digest of what was presented.
+        print(json.dumps({"t": round(time.time(), 3), "refused": _digest(token.encode()),
+                          "held": _held(secret)}), flush=True)
         return web.Response(status=401, text="rejected" if slot is None else str(slot))
 
     app = web.Application()
@@ -74,15 +90,19 @@ def _presenter(args: argparse.Namespace) -> None:
 
     last = 0.0
     while not stop.is_set():
+        presented = b""
         try:
             if args.fallback:
                 secret.call_with_fallback(send)
             else:
-                send(secret.current())
+                presented = secret.current()
+                send(presented)
             tally["ok"] += 1
         except Exception as exc:  # every failure is counted and shown
             tally["failed"] += 1
             tally[f"error:{type(exc).__name__}"] += 1
+            print(json.dumps({"t": round(time.time(), 3), "failed": type(exc).__name__,
+                              "presented": _digest(presented), "held": _held(secret)}), flush=True)
         tally["sent"] += 1
         if time.monotonic() - last > 0.5:
             write()
