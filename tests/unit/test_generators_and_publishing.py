@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import string
+import threading
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +19,7 @@ from jwcrypto import jwk, jws
 from keyrotor.engine.durations import parse_duration
 from keyrotor.engine.model import Issue, PromoteTo, Revoke, Stage
 from keyrotor.errors import SpecError
-from keyrotor.generators import from_spec
+from keyrotor.generators import from_spec, local
 from keyrotor.generators.local import KeyPair, RandomString
 from keyrotor.probes.http import HttpProbe, redact, render
 from keyrotor.publishing.secret import Owner, SecretConflict, decode
@@ -151,3 +153,24 @@ def test_duration_parser_sums_units(h: int, m: int, s: int) -> None:
 def test_unknown_generator_values_name_the_field(spec: dict[str, object], field: str) -> None:
     with pytest.raises(SpecError, match=rf"^{field}: unknown value .*; use one of "):
         from_spec(spec)
+
+
+def test_key_pairs_are_made_in_niced_threads_that_leave_the_event_loop_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Key generation runs in the keygen threads, at KEYGEN_NICENESS below the caller: OpenSSL
+    releases the GIL while it works, so only the CPU priority keeps the event loop ahead."""
+    made_in: list[tuple[str, int]] = []
+    original = local._make_private_key
+
+    def spy(algorithm: str) -> local.PrivateKey:
+        tid = threading.get_native_id()
+        made_in.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid)))
+        return original(algorithm)
+
+    monkeypatch.setattr(local, "_make_private_key", spy)
+    material = KeyPair.from_spec({"algorithm": "ECDSA-P256"}).generate(1)
+    assert material[""].startswith(b"-----BEGIN PRIVATE KEY-----")
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    [(name, niceness)] = made_in
+    assert name.startswith("keyrotor-keygen")
+    assert niceness == min(19, mine + local.KEYGEN_NICENESS)
