@@ -25,6 +25,7 @@ from cluster import (
     MetricsWindow,
     Operator,
     annotate_all,
+    audit_head_writes,
     by_key,
     cluster,
     create_all,
@@ -112,11 +113,14 @@ def main() -> None:
         "- one RotatingSecret, TwoKeys, random 32 bytes, one HTTP consumer answering 200 "
         "(verification every 1s, successesRequired 2), minOverlap 2s; rotation requested "
         "with the keyrotor.io/rotate annotation (the benchmark's own patch, not counted)",
-        f"- first version: **{w_first} writes** besides events (target ≤ 3), {e_first} events",
+        f"- first version: **{w_first} writes** besides events and the audit head (target "
+        f"≤ 3), {e_first} events, {audit_head_writes(first)} audit head writes",
     ]
     for n, counts in enumerate(per_rotation, 1):
         w, e = writes(counts)
-        lines.append(f"- rotation {n}: **{w} writes** besides events (target ≤ 6), {e} events; "
+        lines.append(f"- rotation {n}: **{w} writes** besides events and the audit head "
+                     f"(target ≤ 6), {e} events, {audit_head_writes(counts)} audit head "
+                     "writes (at most one a second, whatever the number of objects); "
                      f"request to Idle at the next version {durations[n - 1]:.1f} s; the "
                      f"consumer answered {probes[n - 1]} probes")
     lines += [f"- requests of rotation {len(per_rotation)} by verb and resource:", "",
