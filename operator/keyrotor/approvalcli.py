@@ -132,10 +132,26 @@ def _valid(status: dict[str, Any]) -> list[int]:
                    if status.get(k) is not None})
 
 
-def _required(obj: dict[str, Any]) -> int:
+def progress(obj: dict[str, Any], request: str | None) -> tuple[list[str], int, str | None]:
+    """Who approved ``request`` so far, how many approvals it needs and when it expires.
+    From ``status.emergency`` when it is about that request (the operator's count, with the
+    spec as it last judged); else nobody yet, the spec's count, and no expiry (the operator
+    has not seen the request yet)."""
     emergency = (obj.get("status") or {}).get("emergency") or {}
     spec = (obj.get("spec") or {}).get("emergency") or {}
-    return int(emergency.get("required") or spec.get("approvals") or 1)
+    required = int(spec.get("approvals") or 1)
+    if request is None or emergency.get("request") != request:
+        return [], required, None
+    expiry = emergency.get("expiryTime")
+    return ([str(a) for a in emergency.get("approvedBy") or ()],
+            int(emergency.get("required") or required),
+            re.sub(r"\.[0-9]+Z$", "Z", expiry) if isinstance(expiry, str) else None)
+
+
+def progress_text(approved: Sequence[str], required: int, expiry: str | None) -> str:
+    """``1 of 2 approvals, expires at 2026-12-03T08:40:00Z``."""
+    return f"{len(approved)} of {required} approvals" + (
+        f", expires at {expiry}" if expiry else "")
 
 
 def _read_code(args: argparse.Namespace) -> str:
@@ -196,10 +212,11 @@ def _send_approval(args: argparse.Namespace, *, start: bool) -> int:
             api.annotate_rotating_secret(args.namespace, args.name, REQUEST_ANNOTATION,
                                          request)
             print(f"emergency revocation of {where} requested: request {request}, "
-                  f"{_required(obj)} approval(s) needed")
+                  f"{progress(obj, None)[1]} approval(s) needed")
             print(REVOKE_WARNING)
         else:
-            print(f"approving emergency revocation request {request} of {where}")
+            print(f"approving emergency revocation request {request} of {where} "
+                  f"({progress_text(*progress(obj, request))})")
         try:
             created = api.request(
                 "POST", approvals_path(args.namespace), verb="create",
@@ -264,8 +281,7 @@ def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: s
         ours = emergency.get("request") == request
         if not emergency.get("lastResult"):
             revoking = [int(v) for v in emergency.get("revoking") or ()] or _valid(status)
-        approved_by = list(emergency.get("approvedBy") or []) if ours else []
-        required = _required(obj)
+        approved_by, required, expiry = progress(obj, request)
         if judged_at is None and api.request(
                 "GET", approvals_path(namespace, approval), verb="get",
                 resource=f"{PLURAL}.{GROUP}", namespace=namespace) is None:
@@ -273,12 +289,13 @@ def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: s
         if ours and emergency != shown:
             shown = emergency
             result = emergency.get("lastResult")
-            if approved_by and not result and status.get("phase") != "EmergencyRevoking":
-                line = (f"approved by {', '.join(approved_by)} ({len(approved_by)} of "
-                        f"{required})")
-                if len(approved_by) < required:
-                    line += (f": another approver runs `keyrotor approve {name} -n "
-                             f"{namespace} --approver B`")
+            if not result and status.get("phase") != "EmergencyRevoking":
+                line = progress_text(approved_by, required, expiry)
+                if approved_by:
+                    line = f"approved by {', '.join(approved_by)}: {line}"
+                    if len(approved_by) < required:
+                        line += (f"; another approver runs `keyrotor approve {name} -n "
+                                 f"{namespace} --approver B`")
                 out(line)
             elif status.get("phase") == "EmergencyRevoking":
                 out(f"approved by {', '.join(approved_by)}: revoking now")
@@ -299,8 +316,10 @@ def follow(api: KubeApi, namespace: str, name: str, *, approval: str, request: s
             return 1
         if time.monotonic() >= deadline:
             if accepted:
+                until = f"it expires at {expiry}" if expiry else \
+                    "until spec.emergency.requestTTL runs out"
                 out(f"request {request} is waiting for {required - len(approved_by)} more "
-                    f"approval(s) (until spec.emergency.requestTTL runs out)")
+                    f"approval(s) ({until})")
                 return 0
             if judged_at is None:
                 # Not judged: take the code back rather than leave it waiting in etcd.

@@ -19,7 +19,10 @@ Where things live:
   (never a code). Each approval is a ``RotationApproval`` object (keyrotor.io/v1alpha1) naming
   the RotatingSecret, the request, the approver and the code. The operator deletes each one
   before it judges it, so a code stays in etcd only from ``kubectl create`` to the judgement
-  (seconds), and a code is judged at most once even when two replicas race.
+  (seconds), and a code is judged at most once even when two replicas race. One that names no
+  open request (no annotation, another request id, a request that expired or ended) is judged
+  as soon as it appears too: deleted and rejected without its code being checked, so it
+  neither lingers nor counts toward a lockout.
 
 Rules (:meth:`Approvers.verify`): a code is accepted for the current step or one step either
 side (pyotp's ``valid_window=1``); the accepted step must be later than that approver's last
@@ -82,7 +85,8 @@ class Judged:
     approver: str
     request: str
     ok: bool
-    reason: str          # Verdict's reasons, or OtherRequest, WrongAction
+    reason: str          # Verdict's reasons, or NoRequest, OtherRequest, RequestEnded,
+                         # WrongAction (an approval of no open request: its code unchecked)
     message: str         # human, never the code or the seed
 
 
@@ -345,13 +349,18 @@ class Approvers:
 
     # ---- RotationApprovals -------------------------------------------------------------------
 
-    def judge(self, namespace: str, rotating_secret: str, request: str) -> list[Judged]:
+    def judge(self, namespace: str, rotating_secret: str, request: str | None, *,
+              ended: str | None = None) -> list[Judged]:
         """Judge the RotationApprovals of ``rotating_secret`` (by ``spec.rotatingSecret``;
-        the label is for ``kubectl -l``) in ``namespace``: those of ``request`` are verified,
-        the others are ``OtherRequest``. Each is deleted (with uid and resourceVersion
-        preconditions) before it is judged: one another replica deleted first, or someone
-        edited meanwhile, is left to that replica or to the next round. Returns what was
-        judged, oldest first; never a code."""
+        the label is for ``kubectl -l``) in ``namespace``. ``request`` is the id in the
+        RotatingSecret's ``keyrotor.io/revoke-now`` annotation (None: there is none);
+        ``ended`` says how that request ended (Approved, Expired, Rejected), None while it is
+        open. Only an approval of the open request has its code verified; every other one is
+        rejected without looking at its code (so a wrong one never counts toward a lockout):
+        ``NoRequest``, ``OtherRequest`` (another id), ``RequestEnded``. Each is deleted (with
+        uid and resourceVersion preconditions) before it is judged: one another replica
+        deleted first, or someone edited meanwhile, is left to that replica or to the next
+        round. Returns what was judged, oldest first; never a code."""
         listing = self.api.request("GET", approvals_path(namespace), verb="list",
                                    resource=f"{PLURAL}.{GROUP}", namespace=namespace) or {}
         items = [item for item in listing.get("items") or ()
@@ -365,22 +374,43 @@ class Approvers:
                 continue
             approver = str(spec.get("approver", ""))
             asked = str(spec.get("request", ""))
-            if spec.get("action") != ACTION:
-                verdict = self._counted(approver, Verdict(
-                    False, "WrongAction", f"action {str(spec.get('action'))[:40]!r} is not "
-                                          f"{ACTION}"))
-            elif asked != request:
-                verdict = self._counted(approver, Verdict(
-                    False, "OtherRequest", f"the approval is for request {asked[:63]!r}; "
-                                           f"{request!r} is the one in progress"))
-            else:
+            verdict = self._unverified(rotating_secret, spec, asked, request, ended)
+            if verdict is None:
                 verdict = self.verify(approver, str(spec.get("code", "")))
+            else:
+                verdict = self._counted(approver, verdict)
             log.info("RotationApproval %s/%s by %s for %s (request %s): %s", namespace,
                      meta["name"], approver, rotating_secret, asked[:63], verdict.reason)
             judged.append(Judged(approval=str(meta["name"]), approver=approver,
                                  request=asked, ok=verdict.ok, reason=verdict.reason,
                                  message=verdict.message))
         return judged
+
+    @staticmethod
+    def _unverified(rotating_secret: str, spec: dict[str, Any], asked: str,
+                    request: str | None, ended: str | None) -> Verdict | None:
+        """The verdict on an approval that names no open request (its code is never looked
+        at), or None: it is for the open request, verify its code."""
+        if spec.get("action") != ACTION:
+            return Verdict(False, "WrongAction",
+                           f"action {str(spec.get('action'))[:40]!r} is not {ACTION}")
+        if request is None:
+            return Verdict(False, "NoRequest", (
+                f"no emergency revocation request is open for {rotating_secret} (the approval "
+                f"is for request {asked[:63]!r}): start one with keyrotor revoke-now"))
+        if asked != request:
+            state = "the one in progress" if ended is None else f"ended ({ended})"
+            return Verdict(False, "OtherRequest", (
+                f"request {asked[:63]!r} is unknown: {request!r} is {rotating_secret}'s "
+                f"request, {state}"))
+        if ended == "Expired":
+            return Verdict(False, "RequestEnded", (
+                f"request {request!r} expired before this approval: start a new one with "
+                "keyrotor revoke-now"))
+        if ended is not None:
+            return Verdict(False, "RequestEnded",
+                           f"request {request!r} already ended ({ended})")
+        return None
 
     def _consume(self, namespace: str, meta: dict[str, Any]) -> bool:
         """Delete one RotationApproval as it was read; False if it is gone or changed."""

@@ -55,6 +55,10 @@ class Shared:
     busy: dict[Key, Reconciler] = field(default_factory=dict)
     # What the last event showed of each object (uid, generation, trigger), hashed: 8 bytes.
     seen: dict[Key, int] = field(default_factory=dict)
+    # Objects whose RotationApprovals arrived and are not judged yet (also before the object
+    # itself was seen, as at startup): their next reconcile judges them. Keys of objects this
+    # instance never handles (another shard's, none at all) stay here: a tuple each.
+    approvals_waiting: set[Key] = field(default_factory=set)
     scheduler: Scheduler = field(init=False)
     # What the metadata-only watch shows of keyrotor's Secrets (no data).
     secrets: SecretCache = field(init=False)
@@ -107,7 +111,12 @@ class Shared:
         reconciler = self.busy.pop(key, None) or Reconciler(
             api=self.api, phase_pause=self.phase_pause, restarter=self.restarter,
             secrets=self.secrets, audit=self.audit, approvals=self.approvals)
+        if key in self.approvals_waiting:  # taken now: one arriving meanwhile adds it again
+            self.approvals_waiting.discard(key)
+            reconciler.approvals_waiting = True
         delay = await reconciler.reconcile(*key, body=hint)
+        if reconciler.approvals_waiting:  # not judged in this reconcile (an error, say)
+            self.approvals_waiting.add(key)
         if reconciler.busy:
             self.busy[key] = reconciler
         return delay, reconciler.pausing
@@ -175,6 +184,7 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
     key: Key = (meta.get("namespace", ""), meta.get("name", ""))
     if not shared.mine(meta.get("labels") or {}):
         # Another shard's (kopf filters no labels on the server; a relabelled object moves).
+        shared.approvals_waiting.discard(key)
         if key in shared.scheduler or key in shared.seen:
             shared.scheduler.forget(key)
             shared.seen.pop(key, None)
@@ -183,6 +193,7 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
         return
     if event.get("type") == "DELETED":
         shared.scheduler.forget(key)
+        shared.approvals_waiting.discard(key)
         shared.seen.pop(key, None)
         shared.busy.pop(key, None)
         metrics.forget(*key)
@@ -203,12 +214,14 @@ async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
 @kopf.on.event(GROUP, VERSION, "rotationapprovals")
 async def approval_arrived(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
                            **_: Any) -> None:
-    """A RotationApproval wakes its RotatingSecret, which judges (and deletes) it."""
+    """A RotationApproval wakes its RotatingSecret, which judges (and deletes) it, whether or
+    not a request is open."""
     shared: Shared = memo.shared
     if event.get("type") == "DELETED" or shared.approvals is None:
         return
     key: Key = ((body.get("metadata") or {}).get("namespace", ""),
                 str((body.get("spec") or {}).get("rotatingSecret", "")))
+    shared.approvals_waiting.add(key)
     if key in shared.seen:
         shared.scheduler.wake(key)
 

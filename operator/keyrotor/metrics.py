@@ -67,7 +67,8 @@ PERMISSION_MISSING = Gauge(
     ("namespace", "verb", "resource"), registry=REGISTRY)
 APPROVALS = Counter("keyrotor_approvals_total",
                     "Emergency revocation approvals judged, by result (Accepted, WrongCode, "
-                    "Replayed, Locked, LockedOut, UnknownApprover, OtherRequest, WrongAction)",
+                    "Replayed, Locked, LockedOut, UnknownApprover, NoRequest, OtherRequest, "
+                    "RequestEnded, WrongAction)",
                     ("result",), registry=REGISTRY)
 APPROVER_LOCKOUTS = Counter("keyrotor_approver_lockouts_total",
                             "Approvers locked out after too many wrong TOTP codes in a row",

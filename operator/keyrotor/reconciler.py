@@ -61,6 +61,7 @@ from keyrotor.engine.rotation import (
     drifted,
     probe_due,
     published,
+    rejection,
     repair,
     step,
 )
@@ -130,7 +131,8 @@ class ApprovalJudge(Protocol):
     """Judges and consumes the TOTP approvals of an emergency revocation request
     (:class:`keyrotor.approvals.Approvers`). Blocking."""
 
-    def judge(self, namespace: str, rotating_secret: str, request: str) -> list[Any]: ...
+    def judge(self, namespace: str, rotating_secret: str, request: str | None, *,
+              ended: str | None = None) -> list[Any]: ...
 
 
 Prober = Callable[[list[Probe], dict[str, str]], Any]
@@ -206,6 +208,10 @@ class Reconciler:
     audit: Audit | None = None
     # Judges emergency revocation approvals (None: revoke-now requests are ignored).
     approvals: ApprovalJudge | None = None
+    # RotationApprovals arrived (the operator's watch of them says so) and none was judged
+    # since: judged even when no request is open, so a stray one never lingers with its code.
+    # Without it, a reconcile lists approvals only while a request is open.
+    approvals_waiting: bool = False
 
     async def reconcile(self, namespace: str, name: str,
                         body: dict[str, Any] | None = None) -> float:
@@ -281,13 +287,14 @@ class Reconciler:
                 (body.get("status") or {}).get("observedGeneration"):
             await self._audit_config(body)
 
-        request = annotations.get(REQUEST_ANNOTATION)
+        request = annotations.get(REQUEST_ANNOTATION) or None
         expires = None
         if request and self.approvals is not None and state.phase != Phase.EMERGENCY and (
                 state.emergency_request != request or state.emergency_result is None):
             judged = tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in
                            await asyncio.to_thread(self.approvals.judge, namespace, name,
                                                    request))
+            self.approvals_waiting = False  # every approval of this object was judged
             asked = approve(rspec, state, now=now, request=request, judged=judged)
             if asked.state != state or asked.events:
                 await asyncio.to_thread(self._audit_approvals, body, request, judged)
@@ -299,6 +306,13 @@ class Reconciler:
                                       degraded=False)
                 return 0.0 if asked.state.phase == Phase.EMERGENCY else 0.5
             expires = asked.requeue_after or None
+        elif self.approvals_waiting and self.approvals is not None and \
+                state.phase != Phase.EMERGENCY:
+            # No request open: whatever arrived is rejected unverified (deleted, a Warning and
+            # an audit line each), never left in the API server with its code. In
+            # EmergencyRevoking it waits for the revocation to finish (next reconcile).
+            await self._reject_strays(body, state, request,
+                                      ended=state.emergency_result if request else None)
 
         if self.secrets is not None and state.phase in SETTLED and state.current is not None \
                 and self.secrets.suspect((namespace, secret_name), published(state)):
@@ -382,9 +396,28 @@ class Reconciler:
         if result.state.phase != state.phase and self.phase_pause:
             self.pausing = result.requeue_after <= self.phase_pause
             return max(result.requeue_after, self.phase_pause)
+        if self.approvals_waiting and self.approvals is not None:
+            return min(result.requeue_after, 1.0)  # approvals that arrived in EmergencyRevoking
         if expires is not None:  # an emergency request expires then, if nothing else wakes it
             return min(result.requeue_after, expires) if result.requeue_after else expires
         return result.requeue_after
+
+    async def _reject_strays(self, body: dict[str, Any], state: RotationState,
+                             request: str | None, *, ended: str | None) -> None:
+        """Judge the RotationApprovals that arrived while no request is open: ``request`` is
+        the annotated id (None: none), ``ended`` how that request ended. The judge deletes
+        and rejects them without checking their codes; each gets the Warning and the audit
+        line of a rejected approval. Nothing in ``state`` changes."""
+        assert self.approvals is not None
+        meta = body["metadata"]
+        judged = tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in
+                       await asyncio.to_thread(self.approvals.judge, meta["namespace"],
+                                               meta["name"], request, ended=ended))
+        self.approvals_waiting = False
+        if not judged:
+            return
+        await asyncio.to_thread(self._audit_approvals, body, request, judged)
+        await self._announce(body, state, tuple(rejection(a) for a in judged))
 
     # ---- audit -------------------------------------------------------------------------------
 
@@ -430,7 +463,7 @@ class Reconciler:
                 fingerprints=provenance.fingerprints(old, new), detail=detail,
                 key=f"{meta.get('uid')}/{action}/v{state.latest}" if once else None)
 
-    def _audit_approvals(self, body: dict[str, Any], request: str,
+    def _audit_approvals(self, body: dict[str, Any], request: str | None,
                          judged: tuple[Approval, ...]) -> None:
         """Each judged approval, accepted or not, under its approver's name. Blocking."""
         if self.audit is None:

@@ -61,7 +61,8 @@ def to_status(state: RotationState) -> dict[str, Any]:
         "emergency": None if state.emergency_request is None else {
             "request": state.emergency_request, "approvedBy": list(state.approved_by),
             "startTime": ts(state.emergency_start), "lastResult": state.emergency_result,
-            "revoking": list(state.revoking) or None},
+            "revoking": list(state.revoking) or None, "required": state.emergency_required,
+            "expiryTime": ts(state.emergency_expiry)},
     }
 
 
@@ -171,6 +172,8 @@ def from_status(status: dict[str, Any] | None) -> RotationState:
     request = _text(emergency, "request", "status.emergency.request")
     emergency_start = _time(emergency, "startTime", "status.emergency.startTime")
     emergency_result = _text(emergency, "lastResult", "status.emergency.lastResult")
+    required = _count(emergency, "required", "status.emergency.required")
+    expiry = _time(emergency, "expiryTime", "status.emergency.expiryTime")
     if request is not None and emergency_result is None and emergency_start is None:
         raise StatusError("status.emergency.startTime", "an open request needs its start time")
     return RotationState(
@@ -198,6 +201,8 @@ def from_status(status: dict[str, Any] | None) -> RotationState:
         emergency_result=emergency_result,
         revoking=tuple(_count({"v": v}, "v", f"status.emergency.revoking[{i}]", version=True)
                        or 0 for i, v in enumerate(revoking)),
+        emergency_required=required,
+        emergency_expiry=expiry,
     )
 
 

@@ -328,6 +328,38 @@ def test_judge_deletes_the_approvals_and_never_returns_a_code(
     assert approvers.verify("carol", codes["carol"]).reason == "Accepted"
 
 
+@pytest.mark.parametrize(("request_id", "ended", "asked", "reason", "says"), [
+    (None, None, "r1", "NoRequest", "no emergency revocation request is open for web"),
+    ("r1", None, "r0", "OtherRequest", "request 'r0' is unknown"),
+    ("r1", "Expired", "r0", "OtherRequest", "request 'r0' is unknown"),
+    ("r1", "Expired", "r1", "RequestEnded", "request 'r1' expired"),
+    ("r1", "Approved", "r1", "RequestEnded", "request 'r1' already ended (Approved)"),
+])
+def test_approvals_of_no_open_request_are_deleted_unverified(
+        approval_crds: None, kapi: KubeApi, namespace: str, request_id: str | None,
+        ended: str | None, asked: str, reason: str, says: str) -> None:
+    """A RotationApproval that names no open request is deleted and rejected without its code
+    being checked: a wrong code does not count toward bob's lockout, a right one is not used."""
+    clock = Clock()
+    approvers = Approvers(kapi, namespace=namespace, clock=clock)
+    approvers.add("bob")
+    seed = seed_of(kapi, namespace, "bob")
+    bad, good = wrong(seed, T0), pyotp.TOTP(seed).at(T0)
+    made = [create_approval(kapi, namespace, "web", asked, "bob", code) for code in (bad, good)]
+    before = sample("keyrotor_approvals_total", result=reason)
+
+    judged = approvers.judge(namespace, "web", request_id, ended=ended)
+    assert sorted((j.approval, j.approver, j.request, j.ok, j.reason) for j in judged) == \
+        sorted((name, "bob", asked, False, reason) for name in made)
+    assert all(says in j.message for j in judged), [j.message for j in judged]
+    assert bad not in repr(judged) and good not in repr(judged)
+    assert approvals_in(kapi, namespace) == []
+    assert sample("keyrotor_approvals_total", result=reason) == before + 2
+    # Neither code was looked at: no wrong code counted, the right one still unused.
+    assert "bob" not in state_of(kapi, namespace)
+    assert approvers.verify("bob", good).reason == "Accepted"
+
+
 def test_two_judges_take_each_approval_once(control_plane: ControlPlane, approval_crds: None,
                                             kapi: KubeApi, namespace: str) -> None:
     clock = Clock()

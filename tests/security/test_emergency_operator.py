@@ -10,6 +10,7 @@ annotation, operator log line or metric.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import re
 import subprocess
@@ -22,8 +23,10 @@ import pyotp
 import pytest
 import yaml
 
-from keyrotor.approvals import STATE_ANNOTATION, Approvers, approvals_path
+from keyrotor.approvals import STATE_ANNOTATION, Approvers, approval_body, approvals_path
+from keyrotor.audit import KIND
 from keyrotor.kube import KubeApi
+from keyrotor.status import parse_ts
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import (  # noqa: F401 - fixtures
@@ -102,6 +105,12 @@ def test_two_approvers_revoke_now(control_plane: ControlPlane,
                              .get("approvedBy") == ["alice"], what="alice's approval counted")
         request = status["emergency"]["request"]
         assert status["emergency"].get("lastResult") is None
+        # While it is open the status says how far it is: 1 of 2, until start + requestTTL.
+        assert status["emergency"]["required"] == 2
+        start = parse_ts(status["emergency"]["startTime"])
+        expiry = parse_ts(status["emergency"]["expiryTime"])
+        assert expiry - start == datetime.timedelta(minutes=10)
+        expires_at = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
 
         # Her code again: Replayed. A wrong code of bob's: WrongCode. Neither counts.
         replayed = keyrotor(control_plane, "approve", "web", "-n", namespace, "--approver",
@@ -131,7 +140,9 @@ def test_two_approvers_revoke_now(control_plane: ControlPlane,
                         ("approve (wrong)", refused.stdout), ("approve", approved.stdout)):
         print(f"---- keyrotor {title} ----\n{text}")
     assert started.returncode == 0, out + err
-    assert "approved by alice (1 of 2): another approver runs `keyrotor approve web" in out
+    assert (f"approved by alice: 1 of 2 approvals, expires at {expires_at}; another approver "
+            "runs `keyrotor approve web") in out
+    assert f"(1 of 2 approvals, expires at {expires_at})" in approved.stdout
 
     status = wait_status(kapi, namespace, "web",
                          lambda s: (s.get("emergency") or {}).get("lastResult") == "Approved",
@@ -183,3 +194,90 @@ def test_two_approvers_revoke_now(control_plane: ControlPlane,
 
 def approvals_listed(kapi: KubeApi, namespace: str) -> list[Any]:  # noqa: F811
     return list((kapi.request("GET", approvals_path(namespace)) or {}).get("items") or [])
+
+
+def audit_lines(proc: OperatorProcess, action: str) -> list[dict[str, Any]]:
+    """The operator's audit lines (on its stdout, in its log) of ``action``."""
+    found = []
+    for line in proc.log_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("kind") == KIND and \
+                entry.get("action") == action:
+            found.append(entry)
+    return found
+
+
+def test_stray_approvals_are_deleted_with_a_warning(control_plane: ControlPlane,
+                                                    emergency_operator: OperatorProcess,
+                                                    kapi: KubeApi,  # noqa: F811
+                                                    namespace: str) -> None:
+    """RotationApprovals made with kubectl while no request is open on their RotatingSecret
+    (none annotated, another request id, a request that expired) are deleted within seconds,
+    each with an ApprovalRejected Warning naming why and an approval.rejected audit line; the
+    wrong codes in them never count toward bob's lockout (they were not checked)."""
+    body = {"apiVersion": "keyrotor.io/v1alpha1", "kind": "RotatingSecret",
+            "metadata": {"name": "db"},
+            "spec": {"secretName": "db", "generator": {"random": {"length": 32}},
+                     "rotation": {"every": "720h"},
+                     "emergency": {"approvals": 1, "requestTTL": "3s"}}}
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    wait_status(kapi, namespace, "db", lambda s: s.get("currentVersion") == 1,
+                what="version 1 issued")
+    remember_secret(kapi.get_secret(namespace, "db"))
+    approvers = Approvers(kapi, namespace=namespace)
+    approvers.add("bob")
+    bob = pyotp.TOTP(seed_of(kapi, namespace, "bob"))
+    wrong = next(c for c in (f"{n:06d}" for n in range(300, 400))
+                 if not bob.verify(c, valid_window=2))
+
+    def stray(request: str, why: str) -> None:
+        approval = approval_body(rotating_secret="db", request=request, approver="bob",
+                                 code=wrong)
+        created = control_plane.kubectl("create", "-n", namespace, "-o", "name", "-f", "-",
+                                        input=yaml.safe_dump(approval))
+        name = created.stdout.strip().rsplit("/", 1)[-1]
+        wait_for(lambda: not any(a["metadata"]["name"] == name
+                                 for a in approvals_listed(kapi, namespace)),
+                 timeout=20, interval=0.1, what=f"RotationApproval {name} deleted ({why})")
+        wait_for(lambda: [e for e in events_of(kapi, namespace, "db")
+                          if (e["type"], e["reason"]) == ("Warning", "ApprovalRejected")
+                          and f"rejected ({why})" in e["message"]],
+                 timeout=10, interval=0.1, what=f"the ApprovalRejected Warning ({why})")
+
+    # No request at all.
+    stray("r-none", "NoRequest")
+    # A request that expired (requestTTL 3s, nobody approved): the status kept its numbers.
+    control_plane.kubectl("annotate", "-n", namespace, "rotatingsecret", "db",
+                          "keyrotor.io/revoke-now=r1")
+    status = wait_status(kapi, namespace, "db", lambda s: (s.get("emergency") or {})
+                         .get("lastResult") == "Expired", what="request r1 expired")
+    emergency = status["emergency"]
+    assert emergency["request"] == "r1" and emergency["required"] == 1
+    assert emergency.get("approvedBy") in (None, [])
+    assert parse_ts(emergency["expiryTime"]) - parse_ts(emergency["startTime"]) == \
+        datetime.timedelta(seconds=3)
+    stray("r1", "RequestEnded")
+    stray("r0", "OtherRequest")
+
+    messages = [e["message"] for e in events_of(kapi, namespace, "db")
+                if e["reason"] == "ApprovalRejected"]
+    assert any("no emergency revocation request is open for db" in m for m in messages)
+    assert any("request 'r1' expired" in m for m in messages)
+    assert any("request 'r0' is unknown" in m for m in messages)
+    rejected = wait_for(lambda: (lines if len(lines := audit_lines(
+        emergency_operator, "approval.rejected")) >= 3 else None),
+        timeout=10, interval=0.1, what="three approval.rejected audit lines")
+    assert sorted(line["detail"]["reason"] for line in rejected) == [
+        "NoRequest", "OtherRequest", "RequestEnded"]
+    assert {line["actor"] for line in rejected} == {"approver:bob"}
+    # The codes were never checked: no wrong code counted against bob.
+    state = json.loads((kapi.get_secret(namespace, "keyrotor-approvers") or {})["metadata"]
+                       ["annotations"][STATE_ANNOTATION])
+    assert "bob" not in state, state
+    assert (emergency_operator.metric("keyrotor_approvals_total", result="WrongCode") or 0) == 0
+    for where, text in (("events", json.dumps(events_of(kapi, namespace, "db"))),
+                        ("operator log", emergency_operator.log_text())):
+        assert not re.search(rf"(?<![0-9]){wrong}(?![0-9])", text), f"a code in {where}"

@@ -200,12 +200,15 @@ class RotationState:
     consumers: tuple[ConsumerResult, ...] = field(default_factory=tuple)
     # The emergency revocation request being approved (the keyrotor.io/revoke-now annotation's
     # value), who approved it, since when, how it ended (Approved, Expired, Rejected), and the
-    # versions an approved one revokes.
+    # versions an approved one revokes; while it is open, how many approvals it needs and when
+    # it expires (spec.emergency as last judged, so a reader sees "1 of 2, until T").
     emergency_request: str | None = None
     approved_by: tuple[str, ...] = ()
     emergency_start: datetime.datetime | None = None
     emergency_result: str | None = None
     revoking: tuple[int, ...] = ()
+    emergency_required: int | None = None
+    emergency_expiry: datetime.datetime | None = None
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

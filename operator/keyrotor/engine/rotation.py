@@ -218,19 +218,29 @@ def approve(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
     different approver whose code was accepted counts once; rejected codes become Warning
     events (a locked-out approver its own). A request that gathers ``approvals_required``
     before ``request_ttl`` runs out allocates the new version and enters EmergencyRevoking
-    (persisted before anything is revoked); one that does not expires.
+    (persisted before anything is revoked); one that does not expires, and an approval judged
+    at or after its expiry no longer counts. While it is open the state carries what a reader
+    needs: the approvals required and the expiry time (both from the spec as it is now).
     """
     if state.emergency_request != request:
         state = state.evolve(emergency_request=request, approved_by=(), emergency_start=now,
-                             emergency_result=None, revoking=())
-    events: list[Event] = []
+                             emergency_result=None, revoking=(), emergency_required=None,
+                             emergency_expiry=None)
     open_ = state.emergency_result is None and state.phase != Phase.EMERGENCY
+    left = 0.0
+    if open_:
+        assert state.emergency_start is not None
+        expiry = state.emergency_start + datetime.timedelta(seconds=spec.request_ttl)
+        state = state.evolve(emergency_required=spec.approvals_required,
+                             emergency_expiry=expiry)
+        left = (expiry - now).total_seconds()
+    counting = open_ and left > 0
+    events: list[Event] = []
     approved = list(state.approved_by)
     for a in judged:
         if not a.ok:
-            events.append(Event("Warning", a.event_reason, f"approval by {a.approver} "
-                                f"rejected ({a.reason}): {a.message}"))
-        elif not open_:
+            events.append(rejection(a))
+        elif not counting:
             events.append(Event("Warning", "ApprovalRejected", f"approval by {a.approver} "
                                 f"came after request {request} ended"))
         elif a.approver in approved:
@@ -250,6 +260,11 @@ def approve(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
                                  message="emergency revocation refused: no version issued yet"),
                     events=(*events, Event("Warning", "EmergencyRejected",
                                            "no version has been issued yet: nothing to revoke")))
+    if left <= 0:
+        return Step(state.evolve(emergency_result="Expired"), events=(*events, Event(
+            "Warning", "EmergencyExpired", (
+                f"emergency revocation request {request} expired with {len(approved)} of "
+                f"{spec.approvals_required} approvals"))))
     if len(approved) >= spec.approvals_required:
         version = state.latest + 1
         old = tuple(sorted({v for v in (state.current, state.previous, state.next)
@@ -265,14 +280,14 @@ def approve(spec: RotationSpec, state: RotationState, *, now: datetime.datetime,
         return Step(started, events=(*events, Event("Warning", "EmergencyApproved", (
             f"emergency revocation approved by {by}: versions {', '.join(map(str, old))} "
             f"are revoked now; presenters still on them fail"))))
-    assert state.emergency_start is not None
-    left = spec.request_ttl - (now - state.emergency_start).total_seconds()
-    if left <= 0:
-        return Step(state.evolve(emergency_result="Expired"), events=(*events, Event(
-            "Warning", "EmergencyExpired", (
-                f"emergency revocation request {request} expired with {len(approved)} of "
-                f"{spec.approvals_required} approvals"))))
     return Step(state, events=tuple(events), requeue_after=left)
+
+
+def rejection(approval: Approval) -> Event:
+    """The Warning of an approval that does not count: a code refused by the judge, or an
+    approval that names no open request (judged without its code being checked)."""
+    return Event("Warning", approval.event_reason, f"approval by {approval.approver} "
+                 f"rejected ({approval.reason}): {approval.message}")
 
 
 def _emergency(state: RotationState, now: datetime.datetime) -> Step:
