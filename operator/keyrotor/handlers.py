@@ -89,12 +89,11 @@ class Shared:
             self.secret_watch.stop()
 
     @classmethod
-    def create(cls, api_client: Any, *, phase_pause: float = 0.0,
+    def create(cls, api: KubeApi, *, phase_pause: float = 0.0,
                namespaces: Sequence[str] = (), workers: int = 16,
                restart_window: float = DEFAULT_WINDOW, shard: str | None = None,
                other_shards: Sequence[str] = (), audit: Any = None,
                approvals: Any = None) -> Shared:
-        api = KubeApi(api_client)
         return cls(api=api, restarter=Restarter(api, window=restart_window),
                    phase_pause=phase_pause, namespaces=tuple(namespaces), workers=workers,
                    shard=shard, other_shards=frozenset(other_shards), audit=audit,

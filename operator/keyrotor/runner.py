@@ -127,16 +127,17 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
         permissions.report(lacking)
         # The audit trail (keyrotor.audit), opened by the leader only: one writer of the chain
         # and of its head.
+        api = KubeApi(api_client)
         audit = await asyncio.to_thread(
-            open_audit, file=audit_log, stdout=audit_stdout, api=KubeApi(api_client),
+            open_audit, file=audit_log, stdout=audit_stdout, api=api,
             namespace=own_namespace,
             configmap=audit_head_configmap if audit_head_configmap is not None else (
                 f"{DEFAULT_CONFIGMAP}-shard-{shard}" if shard else DEFAULT_CONFIGMAP))
         # Emergency revocations' approvers: their TOTP seeds and state live in a Secret in the
         # operator's own namespace.
-        approvers = Approvers(KubeApi(api_client), namespace=own_namespace)
+        approvers = Approvers(api, namespace=own_namespace)
         shared = handlers.Shared.create(
-            api_client, phase_pause=phase_pause, namespaces=namespaces, workers=workers,
+            api, phase_pause=phase_pause, namespaces=namespaces, workers=workers,
             shard=shard, other_shards=other_shards, audit=audit, approvals=approvers,
             **({} if restart_debounce is None else {"restart_window": restart_debounce}))
         health.ready = True
