@@ -140,6 +140,9 @@ def main() -> None:
             _, cross, too_many = window.diff()
         finally:
             operator.stop()
+        # The Secret watch's troubles, if any (it logs each failed list or watch).
+        watch_failures = [line for line in Path(operator.log).read_text(errors="replace")
+                          .splitlines() if "watching Secrets" in line]
 
     last_answer = max(answered for _, answered in created.values())
     lags = [secrets.reached[name] - answered for name, (_, answered) in created.items()]
@@ -159,6 +162,8 @@ def main() -> None:
                          "served from etcd, not its watch cache), to fit in this machine's "
                          "memory")
     lines += [
+        f"- the operator's Secret watch failed {len(watch_failures)} times"
+        + (f"; the first: `{watch_failures[0][-200:]}`" if watch_failures else ""),
         f"- creation: {n} POSTs from {args.threads} threads in {creation:.2f} s "
         f"({n / creation:.0f}/s)",
         f"- until every Secret exists (from the first POST): **{all_secrets - started:.1f} s**"

@@ -45,6 +45,11 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 OWNER_LABEL = ANNOTATION_PREFIX + "rotatingsecret"
 WATCH_TIMEOUT = 300  # seconds the server keeps one watch open
+# One page of the list: the API server gives up on a request after 60 s (--request-timeout),
+# so wait a little longer than that. The usual 5 s read timeout was too short where a page
+# is read from etcd past many large unrelated Secrets (a label selector filters after the
+# read): 10,000 of 512 KiB made every list time out, and the watch never started.
+LIST_TIMEOUT = (10.0, 75.0)
 RETRY = (1.0, 30.0)  # after an error: first wait, ceiling (doubling in between)
 
 
@@ -217,7 +222,7 @@ def list_metadata(core: Any, namespace: str) -> tuple[list[dict[str, Any]], str]
     items: list[dict[str, Any]] = []
     token = None
     while True:
-        page = json.loads(_request(core, namespace, limit=500,
+        page = json.loads(_request(core, namespace, limit=500, _request_timeout=LIST_TIMEOUT,
                                    **({"_continue": token} if token else {})).data)
         items += [_slim(item.get("metadata") or {}) for item in page.get("items") or ()]
         token = (page.get("metadata") or {}).get("continue")
