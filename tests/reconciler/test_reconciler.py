@@ -4,6 +4,7 @@ what interferes, as cert-manager's controller tests are."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -334,3 +335,49 @@ async def test_a_spec_edit_racing_a_staged_version_is_recorded_not_redecided() -
     # Suspend stops new rotations, not the one under way: it completes.
     status = await run(r, clock, "k", idle_at(2))
     assert status["rotationCount"] == 1 and versions(api, "k") == {"current": 2}
+
+
+class OffLoopApi(FakeApi):
+    """Fails any API call made on the event loop's thread (the real client blocks)."""
+
+    on_loop: list[str]
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name in ("get_rotating_secret", "patch_status", "get_secret", "write_secret",
+                    "post_event"):
+            def checked(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    asyncio.get_running_loop()
+                    object.__getattribute__(self, "on_loop").append(name)
+                except RuntimeError:
+                    pass  # a worker thread: no loop running here
+                return attribute(*args, **kwargs)
+            return checked
+        return attribute
+
+
+async def test_no_blocking_call_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every API call, every Secret read while the adapters are built, and every key made:
+    off the loop, so one slow call never stalls the other resources (issue 10, defect 2)."""
+    api, clock = OffLoopApi(), Clock()
+    api.on_loop = []
+    built_on_loop: list[str] = []
+    original = Reconciler._adapters
+
+    def adapters(self: Reconciler, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            built_on_loop.append("adapters")
+        except RuntimeError:
+            pass
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Reconciler, "_adapters", adapters)
+    api.add("rs", {**TWO_KEYS, "generator": {"keyPair": {"algorithm": "ECDSA-P256"}}})
+    r = reconciler(api, clock)
+    await run(r, clock, "rs", idle_at(1))
+    api.edit("rs", **{ROTATE: "now"})
+    await run(r, clock, "rs", idle_at(2))
+    assert api.on_loop == [] and built_on_loop == []
+    assert len(api.writes) > 0  # the calls did happen, off the loop
