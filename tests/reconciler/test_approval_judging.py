@@ -83,7 +83,9 @@ async def test_an_open_request_shows_required_approved_and_expiry() -> None:
                               "expiryTime": status_io.ts(expiry)}
     assert api.status("k")["phase"] == "Idle"
 
-    # Nothing new: nothing written; it comes back by the expiry at the latest.
+    # Nothing new: nothing written (once the next rotation time the approval's write left
+    # out is back); it comes back by the expiry at the latest.
+    await r.reconcile(NS, "k")
     clock.advance(1)
     writes = api.writes["patch rotatingsecrets/status"]
     delay = await r.reconcile(NS, "k")
