@@ -40,7 +40,9 @@ class FakeApi:
             "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}-0123456789",
                          "generation": 1, "resourceVersion": self._next(),
                          "annotations": dict(annotations)},
-            "spec": {"secretName": name, **spec}}
+            # A copy, as the API server stores one: a test that edits the object later must
+            # not edit the spec table other tests start from.
+            "spec": {"secretName": name, **copy.deepcopy(spec)}}
 
     def edit(self, name: str, **annotations: str) -> None:
         """Someone else writes the object (an annotation): its resourceVersion moves."""

@@ -229,10 +229,12 @@ class GatedApi:
     def __init__(self, api: KubeApi, gate: threading.Event) -> None:
         self.api, self.gate, self.conflicts = api, gate, 0
         self.held = False
+        self.writing = threading.Event()  # set once the caller has read and waits to write
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         if method == "PUT" and not self.held:
             self.held = True
+            self.writing.set()
             assert self.gate.wait(20)
         try:
             return self.api.request(method, path, **kwargs)
@@ -258,6 +260,9 @@ def test_two_operators_racing_on_one_code_accept_it_once(
                                                                  .reason))
         thread.start()
         try:
+            # B only once A has read: else B may finish first, A read B's write and see a
+            # replay without a conflict (that happened in CI).
+            assert gated.writing.wait(20)
             verdicts["b"] = b.verify("alice", code).reason
         finally:
             gate.set()
