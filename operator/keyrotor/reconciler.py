@@ -187,6 +187,15 @@ def _probes(consumers: Any, generator: Generator, target: Target | None) -> list
     return probes
 
 
+def _next_rotation(spec: RotationSpec, state: RotationState,
+                   ) -> tuple[datetime.datetime | None, datetime.datetime | None]:
+    """When the current version falls due (the metric always carries it), and what the status
+    shows: the same time, only while a rotation could start (idle, not suspended)."""
+    due = next_rotation_time(every=spec.every, schedule=spec.schedule,
+                             since=state.current_version_time)
+    return due, None if state.rotating or spec.suspend else due
+
+
 @dataclass
 class Reconciler:
     api: Api
@@ -300,9 +309,13 @@ class Reconciler:
                 await asyncio.to_thread(self._audit_approvals, body, request, judged)
                 await asyncio.to_thread(self._audit_step, body, state, asked, None, None)
                 await self._announce(body, asked.state, asked.events)
+                due, shown = _next_rotation(rspec, asked.state)
+                # With the time shown as the next reconcile will show it: else that one
+                # writes the status again only to put nextRotationTime back.
                 await self._persist(body, asked.state, now=now, error=None,
-                                    next_rotation=None)
-                metrics.observe_state(namespace, name, asked.state, next_rotation=None,
+                                    next_rotation=shown)
+                metrics.observe_state(namespace, name, asked.state,
+                                      next_rotation=due.timestamp() if due else None,
                                       degraded=False)
                 return 0.0 if asked.state.phase == Phase.EMERGENCY else 0.5
             expires = asked.requeue_after or None
@@ -379,11 +392,7 @@ class Reconciler:
                 (body.get("status") or {}).get("observedGeneration"):
             # The spec changed (deletionPolicy, say): the Secret's owner marks may have to.
             await asyncio.to_thread(self._remark, spec["secretName"], owner)
-        # When the current version falls due, computed once: the status shows it only when a
-        # rotation could start (idle, not suspended); the metric always carries it.
-        due = next_rotation_time(every=rspec.every, schedule=rspec.schedule,
-                                 since=result.state.current_version_time)
-        shown = None if result.state.rotating or rspec.suspend else due
+        due, shown = _next_rotation(rspec, result.state)
         # Events before the status: a crash in between replays the step, and the replay's
         # events carry the same names, so each transition is posted exactly once.
         try:
