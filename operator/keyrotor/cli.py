@@ -43,6 +43,14 @@ def _cmd_dev_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pod_url(port: int) -> str | None:
+    """http://POD_IP:port from the downward API's $POD_IP (IPv6 in brackets), if set."""
+    ip = os.environ.get("POD_IP")
+    if not ip:
+        return None
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before kopf and kubernetes are imported: they read $KUBECONFIG at import time.
@@ -67,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     f"keyrotor-shard-{args.shard}" if args.shard else "keyrotor"),
                 identity=args.leader_election_identity
                 or default_identity(), lease_duration=args.lease_duration,
-                renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+                renew_deadline=args.renew_deadline, retry_period=args.retry_period,
+                advertise_url=args.advertise_url or _pod_url(args.liveness_port))
         except ValueError as exc:
             print(f"keyrotor run: {exc}", file=sys.stderr)
             return 2
@@ -208,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default 10)")
     election.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS",
                           help="how often the Lease is renewed or tried (default 2)")
+    election.add_argument("--advertise-url", metavar="URL",
+                          help="where this replica answers decoy reports, published on the "
+                               "Lease while it leads so a standby can hand reports on "
+                               "(default: http://$POD_IP:LIVENESS_PORT when POD_IP is set)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="a table of every RotatingSecret and its rotation")

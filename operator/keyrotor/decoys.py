@@ -10,9 +10,11 @@ so the consumer library (:mod:`keyrotor.client`) reports each one here::
 served on the operator's health port (``--liveness-port``, 8081; the chart's Service exposes it
 as port ``reports``). ``name`` is the RotatingSecret, or its ``spec.secretName``. The endpoint
 
-* answers 503 on a standby operator (leader election) or before it is up, so the library
-  retries (a 2 s timeout, six attempts with backoff, from a background thread: ``verify``
-  never waits for it or fails because of it);
+* on a standby operator (leader election), hands the report on to the leader at the address
+  the leader publishes on its Lease (``--advertise-url``, from the pod's IP in the chart) and
+  returns the leader's answer; it answers 503 when it cannot (no leader, no address, the
+  leader away) or before it is up, so the library retries (a 2 s timeout, six attempts with
+  backoff, from a background thread: ``verify`` never waits for it or fails because of it);
 * checks the fingerprint is one of that RotatingSecret's decoys, from the Secret's annotation
   ``keyrotor.io/retired-fingerprints`` (never from values: nothing here reads material), and
   answers 404 otherwise: a report cannot make keyrotor post events about arbitrary objects;
@@ -29,10 +31,10 @@ Trade-offs, stated plainly:
   read access to the Secret, which is itself an incident. Restrict the port with a
   NetworkPolicy to the namespaces that run acceptors. The identity is the acceptor's word:
   treat it as a lead, not as proof.
-* **Best effort**: the chart's Service spreads reports over every operator pod and only the
-  leader answers, so with two replicas each attempt reaches the leader half the time (six
-  attempts: 1 in 64 reports lost that way); if the operator is down longer than the retries
-  (about 15 s), the report is lost too. The consumer's own metric
+* **Best effort**: the chart's Service spreads reports over every operator pod; a standby
+  hands each on to the leader (once: a handed-on report is never handed on again), so the
+  leader records every report while both run. If no leader runs for longer than the
+  retries (about 15 s), the report is lost. The consumer's own metric
   ``keyrotor_client_decoy_presentations_total`` and its alert ``KeyrotorDecoyPresented`` do
   not depend on the operator and stay the primary alarm.
 * **Fail-closed audit**: when the audit log cannot be written the answer is 503 (the library
@@ -53,6 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -70,6 +73,9 @@ FINGERPRINT = re.compile(r"^hmac-sha256:[0-9a-f]{16}$")
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MAX_BODY = 4096
 SOURCE_LIMIT = RateLimit(burst=20, per_second=1.0, block_time=60.0, max_identities=4096)
+# Set on a report a standby hands on, naming the source it came from: never handed on again.
+FORWARDED = "X-Keyrotor-Forwarded-For"
+FORWARD_TIMEOUT = 3.0
 
 PRESENTATIONS = Counter(
     "keyrotor_decoy_presentations_total",
@@ -79,6 +85,10 @@ REFUSED = Counter(
     "keyrotor_decoy_reports_refused_total",
     "Decoy reports refused, by reason (invalid, unknown, not_a_decoy, rate_limited, standby)",
     ("reason",), registry=metrics.REGISTRY)
+FORWARDS = Counter(
+    "keyrotor_decoy_reports_forwarded_total",
+    "Decoy reports a standby handed on to the leader, by the leader's HTTP answer",
+    ("code",), registry=metrics.REGISTRY)
 
 
 class Audit(Protocol):
@@ -115,8 +125,11 @@ class DecoyReports:
     def __init__(self, *, api: KubeApi | None = None, namespaces: Sequence[str] = (),
                  on_decoy: Callable[[DecoyReport], None] | None = None,
                  active: Callable[[], bool] = lambda: True, audit: Audit | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 leader_url: Callable[[], str | None] | None = None) -> None:
         self.api = api
+        # On a standby: where the leader answers (blocking: it reads the Lease), or None.
+        self.leader_url = leader_url
         self.namespaces = tuple(namespaces)
         self.on_decoy = on_decoy or self.alarm
         self.active = active
@@ -138,18 +151,25 @@ class DecoyReports:
 
     async def handle(self, request: web.Request) -> web.Response:
         api = self.api
-        if api is None or not self.active():
+        # The limit keys on the address the report came from: for a handed-on report that is
+        # the standby's (the header is anyone's word), which limited each source itself.
+        remote = request.remote or "unknown"
+        forwarded = request.headers.get(FORWARDED)
+        source = _clean(f"{forwarded} via {remote}") if forwarded else remote
+        if (api is None or not self.active()) and (forwarded or self.leader_url is None):
             REFUSED.labels("standby").inc()
             return _answer(503, "standby: not the leader, retry")
-        source = request.remote or "unknown"
-        if self.limiter.attempt(source, failed=True):
+        if self.limiter.attempt(remote, failed=True):
             REFUSED.labels("rate_limited").inc()
             return _answer(429, "too many reports from this source")
         if (request.content_length or 0) > MAX_BODY:
             REFUSED.labels("invalid").inc()
             return _answer(413, "report too large")
+        raw = await request.content.read(MAX_BODY + 1)
+        if api is None or not self.active():
+            return await self._hand_on(raw, remote)
         try:
-            doc = json.loads(await request.content.read(MAX_BODY + 1))
+            doc = json.loads(raw)
             namespace, name = str(doc["namespace"]), str(doc["name"])
             fingerprint, identity = str(doc["fingerprint"]), _clean(doc.get("identity"))
         except (ValueError, KeyError, TypeError):
@@ -183,6 +203,28 @@ class DecoyReports:
             log.error("decoy report for %s/%s not recorded: %s", namespace, report.name, exc)
             return _answer(503, f"not recorded: {exc.reason}")
         return _answer(202, "recorded")
+
+    async def _hand_on(self, raw: bytes, source: str) -> web.Response:
+        """A standby's part: pass the report to the leader, and its answer back."""
+        assert self.leader_url is not None
+        try:
+            url = await asyncio.to_thread(self.leader_url)
+        except KeyrotorError as exc:
+            url = None
+            log.warning("decoy report: cannot read the leader's address: %s", exc.reason)
+        if url:
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                        total=FORWARD_TIMEOUT)) as session, session.post(
+                        url.rstrip("/") + REPORT_PATH, data=raw, headers={
+                            "Content-Type": "application/json", FORWARDED: source}) as answer:
+                    FORWARDS.labels(str(answer.status)).inc()
+                    return web.Response(status=answer.status, body=await answer.read(),
+                                        content_type=answer.content_type)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("decoy report: the leader at %s did not answer: %s", url, exc)
+        REFUSED.labels("standby").inc()
+        return _answer(503, "standby: the leader could not be reached, retry")
 
     @staticmethod
     def _decoy_owner(api: KubeApi, namespace: str, name: str,

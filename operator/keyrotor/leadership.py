@@ -40,6 +40,9 @@ log = logging.getLogger("keyrotor.leadership")
 _MICROTIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+REPORT_URL_ANNOTATION = "keyrotor.io/report-url"
+
+
 def default_identity() -> str:
     """The pod's name in a cluster (downward API), else host and process id."""
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -53,6 +56,9 @@ class LeaseConfig:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # Where this replica answers decoy reports (http://POD_IP:PORT): the leader publishes it
+    # on the Lease, so that a standby a report reached can hand it on (keyrotor.decoys).
+    advertise_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.retry_period < self.renew_deadline < self.lease_duration:
@@ -166,6 +172,16 @@ class LeaderElector:
         except Conflict:
             pass  # someone took it already
 
+    def leader_url(self) -> str | None:
+        """Where the current leader answers decoy reports, if another process leads and
+        published it. Blocking."""
+        lease = self.api.get(self.config.namespace, self.config.name) or {}
+        holder = (lease.get("spec") or {}).get("holderIdentity")
+        if not holder or holder == self.config.identity:
+            return None
+        url = ((lease.get("metadata") or {}).get("annotations") or {}).get(REPORT_URL_ANNOTATION)
+        return str(url) if url else None
+
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this process holds the Lease afterwards. Blocking."""
         cfg = self.config
@@ -173,11 +189,13 @@ class LeaderElector:
         lease = self.api.get(cfg.namespace, cfg.name)
         mine = {"holderIdentity": cfg.identity, "leaseDurationSeconds": int(cfg.lease_duration),
                 "acquireTime": now, "renewTime": now, "leaseTransitions": 0}
+        advertised = {REPORT_URL_ANNOTATION: cfg.advertise_url} if cfg.advertise_url else {}
         if lease is None:
             try:
                 self.api.create(cfg.namespace, {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": cfg.name, "namespace": cfg.namespace},
+                    "metadata": {"name": cfg.name, "namespace": cfg.namespace,
+                                 "annotations": advertised},
                     "spec": mine})
             except Conflict:
                 return False
@@ -202,6 +220,9 @@ class LeaderElector:
                 log.info("Lease %s/%s held by %s expired; taking over", cfg.namespace,
                          cfg.name, holder)
         lease["spec"] = mine  # resourceVersion stays in metadata: a precondition
+        annotations = lease.setdefault("metadata", {}).get("annotations") or {}
+        annotations.pop(REPORT_URL_ANNOTATION, None)  # a former leader's address goes
+        lease["metadata"]["annotations"] = {**annotations, **advertised}
         try:
             self.api.replace(cfg.namespace, cfg.name, lease)
         except Conflict:

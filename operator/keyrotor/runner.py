@@ -112,6 +112,8 @@ async def _main(*, namespaces: Sequence[str], metrics_port: int, liveness_port: 
             from keyrotor.leadership import KubeLeases
 
             elector = LeaderElector(KubeLeases(api_client), lease)
+            # A standby hands decoy reports on to the leader (keyrotor.decoys).
+            health.reports.leader_url = elector.leader_url
             health.ready, health.role = True, "standby"  # ready: it serves by waiting
             if not await _until_stopped(elector.acquire(), stop):
                 return 0

@@ -5,17 +5,23 @@ attempts on the Lease."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 
 from keyrotor.kube import KubeApi
+from keyrotor.leadership import REPORT_URL_ANNOTATION
+from keyrotor.publishing.secret import decoy_fingerprints
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.waiting import wait_for
-from tests.operator.conftest import OperatorProcess, rotating_secret
+from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
 from tests.operator.helpers import SecretWitness, SwitchableConsumer, await_status
 
 LEASE = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
@@ -105,3 +111,62 @@ async def test_standby_takes_over_mid_rotation(
     # Versions only go up, by one per rotation: none skipped, none issued twice.
     assert witness.currents == list(range(1, KILLS + 2))
     assert max(takeovers) <= 4 + 1.5  # within the lease duration, plus a retry and a scrape
+
+
+def report(port: int, body: dict[str, str], **headers: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/decoy-reports", data=json.dumps(body).encode(),
+        method="POST", headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def test_a_standby_hands_decoy_reports_on_to_the_leader(
+    control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi: KubeApi,
+    namespace: str, tmp_path: Path,
+) -> None:
+    """The chart's Service spreads reports over every replica: the one that reaches the
+    standby is handed on to the leader at the address on its Lease, and recorded there once
+    (it was refused with 503 before, so with two replicas one report in 64 was lost)."""
+    replicas = {name: replica(control_plane, namespace, tmp_path, name) for name in "ab"}
+    for r in replicas.values():
+        r.extra_args += ["--advertise-url", f"http://127.0.0.1:{r.liveness_port}"]
+    try:
+        replicas["a"].start()
+        wait_for(lambda: replicas["a"].metric("keyrotor_leader") == 1, timeout=30,
+                 what="replica a to lead")
+        replicas["b"].start()
+        lease = client.CoordinationV1Api(kube).read_namespaced_lease("keyrotor", namespace)
+        assert lease.metadata.annotations[REPORT_URL_ANNOTATION] == \
+            f"http://127.0.0.1:{replicas['a'].liveness_port}"
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=rotating_secret(
+            "lure", generator={"random": {"length": 32}}, decoys={"count": 1}))
+        secret = wait_for(lambda: (s := kapi.get_secret(namespace, "lure")) and
+                          decoy_fingerprints(s) and s, timeout=60, what="a Secret with a decoy")
+        remember_secret(secret)
+        (fingerprint,) = decoy_fingerprints(secret)
+        body = {"namespace": namespace, "name": "lure", "fingerprint": fingerprint,
+                "identity": "203.0.113.9"}
+        standby = replicas["b"].liveness_port
+
+        assert report(standby, body) == (202, {"status": 202, "message": "recorded"})
+        event = wait_for(lambda: next((e for e in kapi.list_events(namespace, "lure")
+                                       if e["reason"] == "DecoyPresented"), None),
+                         timeout=30, what="the DecoyPresented event")
+        assert "203.0.113.9" in event["message"]
+        assert '"decoy.presented"' in replicas["a"].log_text()  # the leader's audit trail
+        assert '"decoy.presented"' not in replicas["b"].log_text()
+        assert replicas["a"].metric("keyrotor_decoy_presentations_total", namespace=namespace,
+                                    name="lure") == 1
+        assert replicas["b"].metric("keyrotor_decoy_reports_forwarded_total", code="202") == 1
+        # The leader's refusals come back as they are; a handed-on report is never handed on
+        # again (no loop between two standbys).
+        unknown = {**body, "fingerprint": "hmac-sha256:0000000000000000"}
+        assert report(standby, unknown)[0] == 404
+        assert report(standby, body, **{"X-Keyrotor-Forwarded-For": "10.0.0.1"})[0] == 503
+    finally:
+        for r in replicas.values():
+            r.stop()

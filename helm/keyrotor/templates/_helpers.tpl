@@ -180,6 +180,12 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.namespace
+        # The leader publishes http://POD_IP:<health port> on its Lease: a standby that
+        # receives a decoy report hands it on there.
+        - name: POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
