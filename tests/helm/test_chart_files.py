@@ -177,7 +177,8 @@ def test_deployment_defaults(helm: Helm) -> None:
     assert args[args.index("--leader-election-namespace") + 1] == "$(POD_NAMESPACE)"
     assert "--leader-elect" in args
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                   "POD_IP": "status.podIP"}  # the leader publishes POD_IP for report hand-on
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
