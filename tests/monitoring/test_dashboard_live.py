@@ -147,6 +147,10 @@ def test_every_panel_and_alert_query_returns_data(
         (f'keyrotor_rotation_holding{{{sel}, name="{stuck}"}} == 1', "stuck-* Holding"),
         (f'keyrotor_degraded{{{sel}, name="{vault}"}} == 1', "vault-* Degraded"),
         (f'keyrotor_backend_errors_total{{job="{job}", backend="vault"}}', "a backend error"),
+        # rate() needs two scrapes with an increase between them: the retries' backoff can
+        # leave the first scrapes at one error (the alert below then read 0 / 0 in CI).
+        (f'rate(keyrotor_backend_errors_total{{job="{job}", backend="vault", '
+         f'operation="kv.read_metadata"}}[5m]) > 0', "backend errors rising"),
         (f'keyrotor_client_presentations_total{{job="{consumers_job}", secret="{api}"}}',
          "presentations"),
         (f'keyrotor_client_verifications_total{{job="{consumers_job}", secret="{api}", '
