@@ -300,10 +300,7 @@ class Reconciler:
         expires = None
         if request and self.approvals is not None and state.phase != Phase.EMERGENCY and (
                 state.emergency_request != request or state.emergency_result is None):
-            judged = tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in
-                           await asyncio.to_thread(self.approvals.judge, namespace, name,
-                                                   request))
-            self.approvals_waiting = False  # every approval of this object was judged
+            judged = await self._judge_approvals(body, request)
             asked = approve(rspec, state, now=now, request=request, judged=judged)
             if asked.state != state or asked.events:
                 await asyncio.to_thread(self._audit_approvals, body, request, judged)
@@ -411,18 +408,23 @@ class Reconciler:
             return min(result.requeue_after, expires) if result.requeue_after else expires
         return result.requeue_after
 
+    async def _judge_approvals(self, body: dict[str, Any], request: str | None, *,
+                               ended: str | None = None) -> tuple[Approval, ...]:
+        """Judge (and delete) every RotationApproval of this object: afterwards none waits."""
+        assert self.approvals is not None
+        meta = body["metadata"]
+        judged = await asyncio.to_thread(self.approvals.judge, meta["namespace"], meta["name"],
+                                         request, ended=ended)
+        self.approvals_waiting = False
+        return tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in judged)
+
     async def _reject_strays(self, body: dict[str, Any], state: RotationState,
                              request: str | None, *, ended: str | None) -> None:
         """Judge the RotationApprovals that arrived while no request is open: ``request`` is
         the annotated id (None: none), ``ended`` how that request ended. The judge deletes
         and rejects them without checking their codes; each gets the Warning and the audit
         line of a rejected approval. Nothing in ``state`` changes."""
-        assert self.approvals is not None
-        meta = body["metadata"]
-        judged = tuple(Approval(j.approver, j.ok, j.reason, j.message) for j in
-                       await asyncio.to_thread(self.approvals.judge, meta["namespace"],
-                                               meta["name"], request, ended=ended))
-        self.approvals_waiting = False
+        judged = await self._judge_approvals(body, request, ended=ended)
         if not judged:
             return
         await asyncio.to_thread(self._audit_approvals, body, request, judged)
