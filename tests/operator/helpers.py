@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,3 +222,15 @@ class SwitchableConsumer:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+
+def decoy_report(port: int, body: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
+    """POST a decoy report to an operator's health port: its status and JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/decoy-reports", data=json.dumps(body).encode(),
+        method="POST", headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())

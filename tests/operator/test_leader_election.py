@@ -5,14 +5,10 @@ attempts on the Lease."""
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client
 
@@ -22,7 +18,12 @@ from keyrotor.publishing.secret import decoy_fingerprints
 from keyrotor.testing.controlplane import ControlPlane
 from keyrotor.testing.waiting import wait_for
 from tests.operator.conftest import OperatorProcess, remember_secret, rotating_secret
-from tests.operator.helpers import SecretWitness, SwitchableConsumer, await_status
+from tests.operator.helpers import (
+    SecretWitness,
+    SwitchableConsumer,
+    await_status,
+    decoy_report,
+)
 
 LEASE = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 KILLS = 3  # bench/ha_takeover.py measures more, with the chart's timings
@@ -113,17 +114,6 @@ async def test_standby_takes_over_mid_rotation(
     assert max(takeovers) <= 4 + 1.5  # within the lease duration, plus a retry and a scrape
 
 
-def report(port: int, body: dict[str, str], **headers: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/decoy-reports", data=json.dumps(body).encode(),
-        method="POST", headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
-
-
 def test_a_standby_hands_decoy_reports_on_to_the_leader(
     control_plane: ControlPlane, crds: None, kube: client.ApiClient, kapi: KubeApi,
     namespace: str, tmp_path: Path,
@@ -152,7 +142,7 @@ def test_a_standby_hands_decoy_reports_on_to_the_leader(
                 "identity": "203.0.113.9"}
         standby = replicas["b"].liveness_port
 
-        assert report(standby, body) == (202, {"status": 202, "message": "recorded"})
+        assert decoy_report(standby, body) == (202, {"status": 202, "message": "recorded"})
         event = wait_for(lambda: next((e for e in kapi.list_events(namespace, "lure")
                                        if e["reason"] == "DecoyPresented"), None),
                          timeout=30, what="the DecoyPresented event")
@@ -165,8 +155,8 @@ def test_a_standby_hands_decoy_reports_on_to_the_leader(
         # The leader's refusals come back as they are; a handed-on report is never handed on
         # again (no loop between two standbys).
         unknown = {**body, "fingerprint": "hmac-sha256:0000000000000000"}
-        assert report(standby, unknown)[0] == 404
-        assert report(standby, body, **{"X-Keyrotor-Forwarded-For": "10.0.0.1"})[0] == 503
+        assert decoy_report(standby, unknown)[0] == 404
+        assert decoy_report(standby, body, **{"X-Keyrotor-Forwarded-For": "10.0.0.1"})[0] == 503
     finally:
         for r in replicas.values():
             r.stop()

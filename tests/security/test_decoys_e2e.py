@@ -27,8 +27,6 @@ import base64
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from tests.operator.conftest import (
     remember_secret,
     rotating_secret,
 )
+from tests.operator.helpers import decoy_report
 
 __all__ = ["crds", "kapi", "operator"]
 
@@ -71,14 +70,7 @@ def decoys_in(secret: dict[str, Any] | None) -> dict[str, bytes]:
 
 
 def report(port: int, body: dict[str, Any]) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/decoy-reports",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return decoy_report(port, body)[0]
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
