@@ -32,7 +32,7 @@ import requests
 from aiohttp import web
 from prometheus_client import start_http_server
 
-from keyrotor.client import Rejected, RotatingSecret
+from keyrotor.client import SLOTS, Rejected, RotatingSecret
 
 
 def _digest(value: bytes) -> str:
@@ -43,7 +43,7 @@ def _held(secret: RotatingSecret) -> dict[str, str]:
     """Slot -> "version:digest" of what ``secret`` holds now (diagnostics, no values)."""
     files = secret.files()
     return {slot: f"{secret.version(slot)}:{_digest(files[slot])}"
-            for slot in ("current", "previous", "next") if files.get(slot)}
+            for slot in SLOTS if files.get(slot)}
 
 
 def _acceptor(args: argparse.Namespace) -> None:
